@@ -1,0 +1,221 @@
+"""Batch-1 latency benchmark (J1 card 3) and the results CSVs.
+
+Protocol: the input is prepared on the device before any loop; `eval()` and `inference_mode`;
+warm-up calls untimed, then a synchronize; each measured call is timed
+- on the host: perf_counter before the call, synchronize, perf_counter after (the seed's protocol:
+  what a caller waits for, launch overhead included), and
+- on the GPU (CUDA only): a second loop with CUDA events around each call, no host clock in it.
+The host figures are the headline (`lat_*`); the event figures are reported beside them (`gpu_*`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import atomic
+
+# Columns of every results CSV; the first block is what the sprint plan's table needs.
+RESULT_COLUMNS = [
+    "id", "variant", "model", "precision", "accuracy", "val_accuracy",
+    "lat_mean_ms", "lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "lat_std_ms", "lat_min_ms", "lat_max_ms",
+    "gpu_mean_ms", "gpu_p50_ms", "gpu_p95_ms",
+    "size_mb", "params", "speedup", "memory_format", "compile_mode", "cuda_graph", "fold_bn", "compile_s",
+    "train_s", "images_per_s", "batch", "warmup_iters", "measure_iters", "run", "notes",
+    "profile", "device_name", "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp",
+]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    mean: float
+    p50: float
+    p95: float
+    p99: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, samples_ms: Iterable[float]) -> "LatencyStats":
+        a = np.asarray(list(samples_ms), dtype=np.float64)
+        if a.size == 0 or not np.all(np.isfinite(a)):
+            raise ValueError("latency statistics need at least one finite sample")
+        p50, p95, p99 = np.percentile(a, [50, 95, 99])
+        return cls(float(a.mean()), float(p50), float(p95), float(p99), float(a.std(ddof=1) if a.size > 1 else 0.0),
+                   float(a.min()), float(a.max()), int(a.size))
+
+
+@dataclass
+class BenchResult:
+    host: LatencyStats
+    gpu: LatencyStats | None
+    warmup_iters: int
+    measure_iters: int
+    batch: int
+    host_samples_ms: np.ndarray = field(repr=False)
+    gpu_samples_ms: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        """The latency columns of a results row."""
+        h = self.host
+        row = {"lat_mean_ms": h.mean, "lat_p50_ms": h.p50, "lat_p95_ms": h.p95, "lat_p99_ms": h.p99,
+               "lat_std_ms": h.std, "lat_min_ms": h.min, "lat_max_ms": h.max, "batch": self.batch,
+               "warmup_iters": self.warmup_iters, "measure_iters": self.measure_iters}
+        if self.gpu is not None:
+            row.update(gpu_mean_ms=self.gpu.mean, gpu_p50_ms=self.gpu.p50, gpu_p95_ms=self.gpu.p95)
+        return row
+
+
+def _device_of(model, inputs: torch.Tensor) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        tensor = next(iter(model.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(model.buffers()), None)
+        if tensor is not None and tensor.device != inputs.device:
+            raise ValueError(f"inputs are on {inputs.device} but the model is on {tensor.device}; move the "
+                             "input to the model's device before benchmarking (no transfers in the timed loop)")
+    return inputs.device
+
+
+def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int = 50, measure_iters: int = 500, *,
+                      timer: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None,
+                      events: bool | None = None) -> BenchResult:
+    """Time `model(inputs)` call by call; see the module docstring for the protocol.
+
+    `model` is an nn.Module (put in eval mode) or any callable (a compiled model, a graph replay).
+    `timer` and `sync` can be replaced (tests use a fake clock); `events` defaults to "on CUDA".
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a tensor already on the device, got {type(inputs).__name__}")
+    if warmup_iters < 0 or measure_iters < 1:
+        raise ValueError(f"need warmup_iters >= 0 and measure_iters >= 1, got {warmup_iters}, {measure_iters}")
+    device = _device_of(model, inputs)
+    on_cuda = device.type == "cuda"
+    if sync is None:
+        sync = (lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None)
+    if events is None:
+        events = on_cuda
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+
+    host = np.empty(measure_iters)
+    with torch.inference_mode():
+        for _ in range(warmup_iters):
+            model(inputs)
+        sync()
+        for i in range(measure_iters):
+            t0 = timer()
+            model(inputs)
+            sync()
+            host[i] = (timer() - t0) * 1e3
+        gpu = None
+        if events:
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(measure_iters)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(measure_iters)]
+            for i in range(measure_iters):
+                starts[i].record()
+                model(inputs)
+                ends[i].record()
+            sync()
+            gpu = np.array([s.elapsed_time(e) for s, e in zip(starts, ends)])
+    return BenchResult(LatencyStats.of(host), LatencyStats.of(gpu) if gpu is not None else None,
+                       warmup_iters, measure_iters, int(inputs.shape[0]) if inputs.dim() else 1, host, gpu)
+
+
+def p95_spread(results: list[BenchResult]) -> float:
+    """(max p95 - min p95) / min p95 over repeated runs: the seed wants it under 10%."""
+    p95 = [r.host.p95 for r in results]
+    if len(p95) < 2:
+        raise ValueError("the spread needs at least two runs")
+    return (max(p95) - min(p95)) / min(p95)
+
+
+def stability_check(results: list[BenchResult], tolerance: float = 0.10) -> dict:
+    spread = p95_spread(results)
+    return {"runs": len(results), "p95_ms": [round(r.host.p95, 4) for r in results],
+            "p95_spread_pct": round(100 * spread, 2), "tolerance_pct": 100 * tolerance, "stable": spread < tolerance}
+
+
+def launch_floor(device, warmup_iters: int = 100, measure_iters: int = 1000) -> dict[str, BenchResult]:
+    """What the GPU cannot go under at batch 1: one tiny kernel launched eagerly, and the replay of a
+    CUDA graph holding one tiny kernel. CUDA only."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise RuntimeError("the launch floor is a GPU figure: it needs a CUDA device")
+    x = torch.zeros(1, device=device)
+    eager = benchmark_latency(lambda t: t.add_(1), x, warmup_iters, measure_iters)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        x.add_(1)  # warm the kernel outside the capture
+    torch.cuda.current_stream(device).wait_stream(stream)
+    with torch.cuda.graph(graph):
+        x.add_(1)
+    replay = benchmark_latency(lambda t: graph.replay(), x, warmup_iters, measure_iters)
+    return {"eager tiny kernel": eager, "CUDA-graph replay of one tiny kernel": replay}
+
+
+def check_row(row: dict) -> dict:
+    unknown = set(row) - set(RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown result columns {sorted(unknown)}; allowed: {RESULT_COLUMNS}")
+    return {c: row.get(c, "") for c in RESULT_COLUMNS}
+
+
+def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Path:
+    """Add rows to a results CSV, atomically. Rows whose `replace` key (default: id) matches an
+    existing row replace it, so a rerun updates its rows instead of piling up duplicates; pass
+    replace=None to append."""
+    import pandas as pd
+
+    new = pd.DataFrame([check_row(r) for r in rows], columns=RESULT_COLUMNS)
+    path = Path(path)
+    if path.is_file():
+        old = read_results(path)
+        if replace is not None:
+            old = old[~old[replace].astype(str).isin(new[replace].astype(str))]
+        new = pd.concat([old, new], ignore_index=True) if len(old) else new
+    with atomic.atomic_path(path) as tmp:
+        new.to_csv(tmp, index=False)
+    return path
+
+
+def read_results(path: str | Path):
+    """Read a results CSV; it must have every column of RESULT_COLUMNS."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} is not a results CSV: missing columns {missing}")
+    return df[RESULT_COLUMNS]
+
+
+def fmt_ms(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def protocol_markdown(warmup_iters: int, measure_iters: int, device: str, runs: int = 3) -> str:
+    """The measurement protocol as J1 card 5 asks for it, with this run's settings."""
+    return f"""| setting | value |
+|---|---|
+| batch size | 1, input shape (1, 3, 32, 32), one CIFAR-10 test image, normalised |
+| input | prepared on the device before the loops: no host-device transfer while timing |
+| mode | `model.eval()` and `torch.inference_mode()` |
+| warm-up | {warmup_iters} untimed calls, then `torch.cuda.synchronize()` |
+| measured calls | {measure_iters} |
+| host timing (headline `lat_*`) | `time.perf_counter()` before the call, `torch.cuda.synchronize()`, `perf_counter()` after |
+| GPU timing (`gpu_*`) | a second loop of {measure_iters} calls between two `torch.cuda.Event`s each, one synchronize at the end |
+| statistics | mean, p50, p95, p99, std, min, max in ms |
+| precision | FP32 unless the variant says otherwise |
+| stability | {runs} runs; spread of p95 = (max - min) / min, must stay under 10% |
+| device | {device} |
+"""

@@ -1,0 +1,311 @@
+"""Inference variants (J4): one description -> one callable, measured and evaluated the same way.
+
+A `Spec` says: precision (fp32, fp16 by autocast, fp16 by .half()), memory format, BatchNorm folded
+into the convolution before it, torch.compile mode, and explicit CUDA-graph capture. `build` turns a
+trained model and a Spec into a `Variant`: the callable, its input layout and the compile time
+(reported apart from latency, J4-06). When compilation fails the variant falls back to eager and
+says so (J4-09).
+"""
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.fx
+from torch import nn
+
+from . import bench
+from .models import count_params, size_mb
+
+PRECISIONS = ("fp32", "fp16-autocast", "fp16")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class Spec:
+    precision: str = "fp32"
+    channels_last: bool = False
+    fold_bn: bool = False
+    compile_mode: str | None = None
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, not {self.compile_mode!r}")
+        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {self.compile_mode!r} already captures CUDA graphs; "
+                             "use 'max-autotune-no-cudagraphs' or 'default' with cuda_graph=True")
+
+    @property
+    def label(self) -> str:
+        parts = [self.precision.upper().replace("-AUTOCAST", " autocast")]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.fold_bn:
+            parts.append("BN folded")
+        if self.compile_mode:
+            parts.append(f"compile({self.compile_mode})")
+        if self.cuda_graph:
+            parts.append("CUDA graph")
+        return " + ".join(parts)
+
+    @property
+    def static_shape(self) -> bool:
+        """Graph replays and compiled code are specialised to the batch-1 shape they were built for."""
+        return self.cuda_graph or self.compile_mode is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Spec":
+        return cls(**d)
+
+    def but(self, **changes) -> "Spec":
+        return replace(self, **changes)
+
+
+class Unavailable(RuntimeError):
+    """This variant cannot run here (for instance a CUDA graph on a CPU)."""
+
+
+@dataclass
+class Variant:
+    spec: Spec
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    module: nn.Module
+    input_dtype: torch.dtype
+    memory_format: torch.memory_format
+    compile_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Input in this variant's dtype and layout; done once, before any timed loop."""
+        return x.to(dtype=self.input_dtype).contiguous(memory_format=self.memory_format)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+# ---------------------------------------------------------------- BatchNorm folding
+
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv whose output equals bn(conv(x)) in eval mode: w' = w * g / s, b' = (b - mu) * g / s + beta."""
+    fused = copy.deepcopy(conv)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach())
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias = nn.Parameter(((bias - bn.running_mean) * scale + bn.bias).detach())
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
+    """Trace the model and fold every BatchNorm2d that directly follows a Conv2d used only there."""
+    model = copy.deepcopy(model).eval()
+    traced = torch.fx.symbolic_trace(model)
+    modules = dict(traced.named_modules())
+    folded = 0
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            continue
+        bn, conv = modules[node.target], modules[src.target]
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        parent_name, _, attr = src.target.rpartition(".")
+        setattr(traced.get_submodule(parent_name) if parent_name else traced, attr, _fold_conv_bn(conv, bn))
+        node.replace_all_uses_with(src)
+        traced.graph.erase_node(node)
+        folded += 1
+    traced.graph.lint()
+    traced.recompile()
+    traced.folded_batchnorms = folded
+    return traced
+
+
+# ---------------------------------------------------------------- CUDA graphs
+
+def capture_cuda_graph(fn: Callable, example: torch.Tensor, warmup: int = 3) -> Callable:
+    """Record one call of `fn` at the example's shape; each later call copies its input into the
+    static buffer, replays the graph and returns a copy of the static output."""
+    if example.device.type != "cuda":
+        raise Unavailable("CUDA graphs need a CUDA device")
+    static_in = example.clone()
+    stream = torch.cuda.Stream(example.device)
+    stream.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(warmup):  # first calls pick kernels and allocate workspaces outside the capture
+            fn(static_in)
+    torch.cuda.current_stream(example.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    replay.graph = graph
+    return replay
+
+
+# ---------------------------------------------------------------- building a variant
+
+def build(model: nn.Module, spec: Spec, example: torch.Tensor, allow_compile: bool = True) -> Variant:
+    """Apply `spec` to a copy of a trained model. `example` is a normalised fp32 input batch on the
+    model's device (batch 1 for latency). Raises Unavailable when the spec cannot run here."""
+    device = example.device
+    module = copy.deepcopy(model).eval().to(device)
+    notes: list[str] = []
+    if spec.fold_bn:
+        module = fold_batchnorm(module)
+        notes.append(f"{module.folded_batchnorms} BatchNorms folded")
+    input_dtype = torch.float32
+    if spec.precision == "fp16":
+        if device.type != "cuda":
+            raise Unavailable("FP16 weights are a GPU path here (CPU half convolutions are slow or missing)")
+        module = module.half()
+        input_dtype = torch.float16
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    module = module.to(memory_format=memory_format)
+
+    if spec.precision == "fp16-autocast":
+        if device.type != "cuda":
+            raise Unavailable("FP16 autocast is a GPU path")
+
+        def eager(x, _m=module):
+            with torch.autocast("cuda", dtype=torch.float16):
+                return _m(x)
+    else:
+        eager = module
+
+    variant = Variant(spec, eager, module, input_dtype, memory_format, notes=notes)
+    x = variant.prepare(example)
+    fn = eager
+    if spec.compile_mode is not None:
+        if not allow_compile:
+            raise Unavailable("torch.compile variants are skipped in this profile")
+        if device.type != "cuda" and spec.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise Unavailable(f"compile mode {spec.compile_mode!r} relies on CUDA graphs")
+        compiled = torch.compile(eager, mode=None if spec.compile_mode == "default" else spec.compile_mode)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                for _ in range(3):  # cudagraph-trees record on the second and third calls
+                    compiled(x)
+            sync()
+            fn = compiled
+            variant.compile_s = time.perf_counter() - t0
+        except Exception as exc:  # J4-09: log and fall back rather than stop the notebook
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            notes.append(f"compile failed ({last[:200]}); fell back to eager")
+            torch._dynamo.reset()
+    if spec.cuda_graph:
+        fn = capture_cuda_graph(fn, x)
+    variant.fn = fn
+    return variant
+
+
+# ---------------------------------------------------------------- measuring a variant
+
+@torch.inference_mode()
+def predictions(variant: Variant, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes. Static-shape variants (graphs, compiled) are called exactly as they are
+    timed, one image at a time; eager variants run in batches (same function, faster)."""
+    x = variant.prepare(images)
+    step = 1 if variant.spec.static_shape else batch_size
+    return torch.cat([variant(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])
+
+
+def accuracy(variant: Variant, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (predictions(variant, images) == labels).float().mean().item()
+
+
+def evaluated(model: nn.Module, spec: Spec, val: tuple, test: tuple, allow_compile: bool = True) -> tuple[Variant, dict]:
+    """Build a variant and evaluate it on validation and test (images, labels) pairs on the device.
+
+    Returns the variant and the columns of a results row that do not depend on timing."""
+    variant = build(model, spec, test[0][:1], allow_compile=allow_compile)
+    row = {"precision": spec.precision, "accuracy": accuracy(variant, *test), "val_accuracy": accuracy(variant, *val),
+           "memory_format": "channels_last" if spec.channels_last else "contiguous",
+           "compile_mode": spec.compile_mode or "", "cuda_graph": spec.cuda_graph, "fold_bn": spec.fold_bn,
+           "compile_s": variant.compile_s if variant.compile_s is not None else "",
+           "size_mb": size_mb(variant.module), "params": count_params(variant.module),
+           "notes": "; ".join(variant.notes)}
+    return variant, row
+
+
+def sweep(model: nn.Module, model_name: str, specs: dict[str, Spec], val: tuple, test: tuple, warmup_iters: int,
+          measure_iters: int, meta: dict, allow_compile: bool = True):
+    """Measure each spec of one model in turn (J1 benchmark, validation and test accuracy).
+
+    The first spec is the reference: `speedup` is its p95 over each variant's p95, from this run.
+    Specs that cannot run here get a row saying why. Returns (DataFrame, {id: host samples in ms})."""
+    import pandas as pd
+
+    from .models import LABELS
+
+    rows, samples = [], {}
+    for vid, spec in specs.items():
+        base = {"id": vid, "variant": f"{LABELS.get(model_name, model_name)}, {spec.label}", "model": model_name, **meta}
+        try:
+            variant, row = evaluated(model, spec, val, test, allow_compile)
+            result = bench.benchmark_latency(variant, variant.prepare(test[0][:1]), warmup_iters, measure_iters)
+            row.update(result.row())
+            samples[vid] = result.host_samples_ms
+            del variant
+        except Unavailable as exc:
+            row = {"precision": spec.precision, "notes": f"skipped: {exc}"}
+        rows.append({**base, **row})
+        shown = (f"val {row['val_accuracy']:.2f}%  test {row['accuracy']:.2f}%  p95 {row['lat_p95_ms']:.4f} ms"
+                 if "lat_p95_ms" in row else row["notes"])
+        print(f"  {vid:<14} {spec.label:<58} {shown}", flush=True)
+        if test[0].device.type == "cuda":
+            torch.cuda.empty_cache()
+    df = _with_all_columns(pd.DataFrame(rows))
+    lat = pd.to_numeric(df.lat_p95_ms, errors="coerce")
+    df["speedup"] = lat.iloc[0] / lat
+    return df, samples
+
+
+def _with_all_columns(df):
+    """Every results column present (NaN where a figure does not exist here, e.g. GPU time on a CPU)."""
+    return df.reindex(columns=list(dict.fromkeys([*bench.RESULT_COLUMNS, *df.columns])))
+
+
+def remeasure(entries: list[dict], val: tuple, test: tuple, runs: int, warmup_iters: int, measure_iters: int,
+              meta: dict, allow_compile: bool = True):
+    """J5: build every entry ({id, variant, model_name, model, spec}) once, evaluate it once, then time
+    all of them `runs` times, interleaved, so slow drifts of the machine hit every variant alike.
+    Returns (one row per entry and run, {id: host samples of the first run})."""
+    import pandas as pd
+
+    ready = []
+    for e in entries:
+        try:
+            variant, row = evaluated(e["model"], e["spec"], val, test, allow_compile)
+        except Unavailable as exc:
+            print(f"  {e['id']:<14} skipped: {exc}", flush=True)
+            continue
+        ready.append((e, variant, variant.prepare(test[0][:1]), row))
+    rows, samples = [], {}
+    for r in range(1, runs + 1):
+        for e, variant, x, row in ready:
+            result = bench.benchmark_latency(variant, x, warmup_iters, measure_iters)
+            samples.setdefault(e["id"], result.host_samples_ms)
+            rows.append({"id": e["id"], "variant": e["variant"], "model": e["model_name"], **meta, **row,
+                         **result.row(), "run": r})
+        print(f"  run {r}/{runs} done", flush=True)
+    return _with_all_columns(pd.DataFrame(rows)), samples

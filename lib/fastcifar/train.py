@@ -1,0 +1,307 @@
+"""Training engine: one `fit` for every model of the sprint, checkpoints, sanity checks.
+
+Recipe (J3-03, one place): SGD momentum 0.9 (Nesterov), weight decay 5e-4, learning rate 0.1 at
+batch 128 scaled linearly with the batch, a short linear warm-up then cosine decay to zero, optional
+label smoothing and cutout. On CUDA: bf16 autocast and channels_last. Data comes from the
+GPU-resident loader. Checkpoints: `<name>_best.pth` (best validation accuracy, never test) and
+`<name>_last.pth` (for resuming), both written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import atomic, env
+from .data import GpuLoader, Splits, to_tensor
+from .distill import distillation_loss
+from .models import build_model
+
+CHECKPOINT_FORMAT = "fastcifar-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 0.1  # at base_batch; the step size used is lr * batch_size / base_batch
+    base_batch: int = 128
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "warmup_cosine"  # warmup_cosine | cosine | multistep
+    warmup_epochs: float = 1.0
+    milestones: tuple = (0.5, 0.75)  # multistep: fractions of training where lr is divided by 10
+    label_smoothing: float = 0.0
+    cutout: int = 0  # side of the square hole in pixels; 0 = off
+    bf16: bool = True  # autocast on CUDA only
+    channels_last: bool = True
+    seed: int = 42
+    checkpoint_every: int = 5  # epochs between `_last` checkpoints (and always the final epoch)
+    distill_T: float = 4.0  # used only when a teacher is given
+    distill_alpha: float = 0.7
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.batch_size / self.base_batch
+
+    def lr_factor(self, step: int, total: int, steps_per_epoch: int) -> float:
+        if self.schedule == "multistep":
+            return 0.1 ** sum(step >= m * total for m in self.milestones)
+        warm = int(self.warmup_epochs * steps_per_epoch) if self.schedule == "warmup_cosine" else 0
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def __post_init__(self):
+        if self.schedule not in ("warmup_cosine", "cosine", "multistep"):
+            raise ValueError(f"schedule must be warmup_cosine, cosine or multistep, not {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    history: "object"  # pandas DataFrame, one row per epoch
+    best_path: Path
+    last_path: Path
+    sheet_path: Path
+    best_val_acc: float
+    train_s: float  # wall time of the training epochs run in this call (evaluation included)
+    images_per_s: float  # training throughput, mean over epochs
+
+
+# ---------------------------------------------------------------- checkpoints
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, damaged or for another model."""
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, model_name: str, num_classes: int, **extra) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "num_classes": num_classes,
+               "state_dict": state, **extra}
+    with atomic.atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train the model first (its notebook writes it)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {exc}); "
+                              "delete it and train again") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if model_name is not None and ckpt["model_name"] != model_name:
+        raise CheckpointError(f"{path} holds a {ckpt['model_name']!r}, expected {model_name!r}")
+    return ckpt
+
+
+def load_model(path: str | Path, device="cpu", model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model a checkpoint was made from and load its weights (eval mode)."""
+    ckpt = load_checkpoint(path, model_name)
+    model = build_model(ckpt["model_name"], ckpt["num_classes"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['model_name']!r}: {exc}") from exc
+    return model.to(device).eval(), ckpt
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.inference_mode()
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of `model` on normalised images already on its device."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    ctx = torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    loss = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for i in range(0, len(labels), batch_size):
+        with ctx:
+            out = model(images[i:i + batch_size]).float()
+        loss += F.cross_entropy(out, labels[i:i + batch_size], reduction="sum")
+        correct += (out.argmax(1) == labels[i:i + batch_size]).sum()
+    n = len(labels)
+    return loss.item() / n, 100.0 * correct.item() / n
+
+
+# ---------------------------------------------------------------- training
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" else nullcontext()
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("epochs", "checkpoint_every")}
+
+
+def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, model_name: str, ckpt_dir: str | Path,
+        device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train `model` (an instance of `model_name`) on splits.train, choosing on splits.val.
+
+    Each epoch logs train/val loss and accuracy, the train-val gap, learning rate, seconds and images/s
+    to `<name>_log.csv` and a progress bar. With `teacher`, the loss is the distillation loss.
+    Resumes from `<name>_last.pth` when it exists and was made with the same settings.
+    """
+    import pandas as pd
+
+    device = torch.device(device or env.default_device())
+    ckpt_dir = Path(ckpt_dir)
+    best_path, last_path = ckpt_dir / f"{name}_best.pth", ckpt_dir / f"{name}_last.pth"
+    log_path, sheet_path = ckpt_dir / f"{name}_log.csv", ckpt_dir / f"{name}_hparams.json"
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    if teacher is not None:
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+
+    loader = GpuLoader(splits.train, cfg.batch_size, device, splits.mean, splits.std, train=True,
+                       cutout=cfg.cutout, seed=cfg.seed, channels_last=cfg.channels_last)
+    val_x = to_tensor(splits.val.images, device, splits.mean, splits.std, cfg.channels_last)
+    val_y = torch.as_tensor(splits.val.labels, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cfg.lr_factor(step, total_steps, steps_per_epoch))
+    config = dataclasses.asdict(cfg)
+    history, start_epoch, best_acc = [], 0, -1.0
+
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, model_name)
+        if _comparable(ckpt.get("config", {})) != _comparable(config):
+            raise CheckpointError(f"{last_path} was trained with other settings ({ckpt.get('config')}); "
+                                  "delete it or call fit(..., resume=False)")
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, history, best_acc = ckpt["epoch"], list(ckpt["history"]), ckpt["best_val_acc"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        loader.generator.set_state(ckpt["rng_loader"])
+        if device.type == "cuda" and "rng_cuda" in ckpt:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+
+    def extra(epoch: int) -> dict:
+        return {"config": config, "epoch": epoch, "history": history, "best_val_acc": best_acc,
+                "data_source": splits.source, "versions": env.versions()}
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    wall0 = time.perf_counter()
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=name, disable=not progress, file=sys.stdout,
+               mininterval=2.0, initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        sync()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for x, y in loader:
+            with _autocast(device, cfg):
+                out = model(x)
+                if teacher is None:
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                else:
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                    loss = distillation_loss(out, t_out, y, cfg.distill_T, cfg.distill_alpha, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+        sync()
+        seconds = time.perf_counter() - t0
+        train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+        with _autocast(device, cfg):
+            val_loss, val_acc = evaluate(model, val_x, val_y)
+        history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                        "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                        "gap": train_acc - val_acc, "seconds": seconds, "images_per_s": seen / seconds})
+        if val_acc > best_acc:
+            best_acc = val_acc
+            save_checkpoint(best_path, model, model_name, _num_classes(model), **extra(epoch + 1))
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            rng = {"rng_cpu": torch.get_rng_state(), "rng_loader": loader.generator.get_state()}
+            if device.type == "cuda":
+                rng["rng_cuda"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(last_path, model, model_name, _num_classes(model), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), **rng, **extra(epoch + 1))
+        with atomic.atomic_path(log_path) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        bar.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.1f}", val=f"{val_acc:.2f}",
+                        img_s=f"{seen / seconds:,.0f}")
+    bar.close()
+    wall = time.perf_counter() - wall0
+
+    sheet = {"name": name, "model": model_name, "config": config, "peak_lr": cfg.peak_lr,
+             "train_images": len(splits.train), "val_images": len(splits.val), "data_source": splits.source,
+             "device": env.device_name(device), "versions": env.versions(), "git_commit": env.git_commit(),
+             "best_checkpoint": str(best_path), "last_checkpoint": str(last_path), "log": str(log_path),
+             "best_val_acc": best_acc, "teacher": teacher is not None}
+    atomic.write_text(sheet_path, json.dumps(sheet, indent=2))
+    hist = pd.DataFrame(history)
+    ran = hist[hist.epoch > start_epoch] if len(hist) else hist
+    return TrainResult(hist, best_path, last_path, sheet_path, best_acc,
+                       wall, float(ran.images_per_s.mean()) if len(ran) else float("nan"))
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return last.out_features
+
+
+# ---------------------------------------------------------------- sanity checks (CIFAR-100 report, sections 2-3)
+
+@torch.no_grad()
+def initial_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Cross-entropy of an untrained model; should be near ln(num_classes)."""
+    model.eval()
+    return F.cross_entropy(model(images).float(), labels).item()
+
+
+def overfit_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 150,
+                  lr: float = 0.05) -> list[float]:
+    """Train on one small batch (no augmentation, no weight decay); the loss must go to near zero."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def trivial_baselines(train_labels: np.ndarray, eval_labels: np.ndarray, num_classes: int, seed: int = 0) -> dict:
+    """Accuracy (%) of predicting the majority training class, and of uniform random guesses."""
+    majority = np.bincount(train_labels, minlength=num_classes).argmax()
+    guesses = np.random.default_rng(seed).integers(0, num_classes, len(eval_labels))
+    return {"majority class": 100.0 * float(np.mean(eval_labels == majority)),
+            "uniform random": 100.0 * float(np.mean(eval_labels == guesses)),
+            "chance (1/classes)": 100.0 / num_classes}

@@ -1,0 +1,155 @@
+"""fastcifar.env (root, folders, profiles, commit) and fastcifar.atomic."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastcifar import atomic, env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    for name in (env.ROOT_ENV, env.DATA_ENV, env.OUTPUTS_ENV, env.COMMIT_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake_project(tmp_path):
+    root = tmp_path / "proj"
+    (root / "lib" / "fastcifar").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (root / "notebooks" / "deep").mkdir(parents=True)
+    return root
+
+
+def test_project_root_from_notebooks_folder(no_env, monkeypatch):
+    assert (REPO / "pyproject.toml").is_file()
+    assert env.project_root(REPO / "notebooks") == REPO
+    monkeypatch.chdir(REPO / "notebooks")
+    assert env.project_root() == REPO
+
+
+def test_project_root_walks_up_from_start(no_env, fake_project):
+    assert env.project_root(fake_project / "notebooks" / "deep") == fake_project.resolve()
+    assert env.project_root(fake_project) == fake_project.resolve()
+
+
+def test_project_root_needs_lib_fastcifar(no_env, tmp_path):
+    # a pyproject.toml alone (some other project) is not the root: fall back to where the package lives
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "pyproject.toml").write_text("")
+    assert env.project_root(other / "sub") != other.resolve()
+
+
+def test_project_root_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv(env.ROOT_ENV, str(tmp_path))
+    assert env.project_root() == tmp_path.resolve()
+    assert env.project_root(REPO / "notebooks") == tmp_path.resolve()
+
+
+def test_data_dir_precedence(no_env, monkeypatch, tmp_path, fake_project):
+    monkeypatch.setenv(env.ROOT_ENV, str(fake_project))
+    assert env.data_dir() == fake_project.resolve() / "data"
+    monkeypatch.setenv(env.DATA_ENV, str(tmp_path / "from-env"))
+    assert env.data_dir() == tmp_path / "from-env"
+    assert env.data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert env.data_dir(str(tmp_path / "explicit")) == tmp_path / "explicit"
+    monkeypatch.setenv(env.DATA_ENV, "")  # empty means unset
+    assert env.data_dir() == fake_project.resolve() / "data"
+
+
+def test_outputs_dir(no_env, monkeypatch, fake_project, isolated_dirs):
+    out = isolated_dirs["outputs"]
+    assert env.outputs_dir("full") == out
+    assert env.outputs_dir("smoke") == out / "smoke"
+    assert env.outputs_dir() == out
+    monkeypatch.delenv(env.OUTPUTS_ENV)
+    monkeypatch.setenv(env.ROOT_ENV, str(fake_project))
+    assert env.outputs_dir("smoke") == fake_project.resolve() / "outputs" / "smoke"
+    assert env.outputs_dir("full") == fake_project.resolve() / "outputs"
+
+
+def test_resolve_profile_full_needs_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="smoke"):
+        env.resolve_profile("full")
+    assert env.resolve_profile("auto").name == "smoke"
+    smoke = env.resolve_profile("smoke")
+    assert smoke.is_smoke and smoke is env.PROFILES["smoke"]
+
+
+def test_resolve_profile_auto_with_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert env.resolve_profile("auto").name == "full"
+    assert env.resolve_profile("full") is env.PROFILES["full"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the real CPU-only machine")
+def test_resolve_profile_full_on_this_cpu_machine():
+    with pytest.raises(RuntimeError, match="smoke"):
+        env.resolve_profile("full")
+
+
+@pytest.mark.parametrize("name", ["fast", "FULL", ""])
+def test_resolve_profile_unknown(name):
+    with pytest.raises(ValueError):
+        env.resolve_profile(name)
+
+
+def test_profile_epochs_and_protocol():
+    smoke, full = env.PROFILES["smoke"], env.PROFILES["full"]
+    assert smoke.epochs(30) == 1 and full.epochs(30) == 30
+    assert 50 <= full.warmup_iters <= 200 and 500 <= full.measure_iters <= 2000  # the seed's protocol
+    assert not full.is_smoke
+
+
+def test_git_commit_from_env(monkeypatch):
+    monkeypatch.setenv(env.COMMIT_ENV, "abc123def456-dirty")
+    assert env.git_commit() == "abc123def456-dirty"
+
+
+def test_git_commit_without_env_is_a_string(no_env):
+    commit = env.git_commit()
+    assert isinstance(commit, str) and commit
+
+
+# ---------------------------------------------------------------- atomic
+
+
+def test_atomic_write_text_and_bytes(tmp_path):
+    path = atomic.write_text(tmp_path / "a" / "b.txt", "héllo\n")
+    assert path.read_text(encoding="utf-8") == "héllo\n"
+    atomic.write_bytes(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["b.txt"]
+
+
+def test_atomic_write_text_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "notes.md"
+    path.write_text("old\n")
+
+    def failing_write_text(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:3])  # half written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_text(path, "new content\n")
+    monkeypatch.undo()
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+
+
+def test_atomic_path_failure_before_first_write(tmp_path):
+    path = tmp_path / "x.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_path(path) as tmp:
+            assert tmp.parent == tmp_path and tmp != path
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
