@@ -534,8 +534,6 @@ def test_cutout_zeroes_a_square():
     torch.testing.assert_close(x[keep], ref[keep], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: an even cutout=8 zeroes a 9x9 square "
-                                       "(|i - c| <= cutout // 2 in GpuLoader._normalise)")
 def test_cutout_even_size_is_exact():
     loader = GpuLoader(unique_split(64, seed=4), 64, CPU, MEAN, STD, train=True, padding=0, flip=False,
                        cutout=8, seed=0)

@@ -151,8 +151,6 @@ def test_markdown_table_subset_of_columns_and_missing_column():
     assert md.splitlines() == ["| p95 | Size |", "|---|---|", "| 1.0000 |  |", "| 2.0000 |  |"]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: iterrows upcasts an all-numeric row to float, so integer "
-                                       "columns print as 1234.0000 when no text column is present")
 def test_markdown_table_integers_in_all_numeric_frame():
     df = pd.DataFrame({"params": [1234], "lat_p95_ms": [0.5]})
     assert report.markdown_table(df).splitlines()[2] == "| 1234 | 0.5000 |"

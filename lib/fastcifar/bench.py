@@ -192,7 +192,9 @@ def read_results(path: str | Path):
     """Read a results CSV; it must have every column of RESULT_COLUMNS."""
     import pandas as pd
 
-    df = pd.read_csv(path)
+    text = ("id", "variant", "model", "precision", "memory_format", "compile_mode", "notes", "profile", "device_name",
+            "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp")
+    df = pd.read_csv(path, dtype={c: str for c in text})  # ids like "007" and versions like "12.10" stay text
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a results CSV: missing columns {missing}")

@@ -197,6 +197,8 @@ def download_cifar(name: str, data_dir: str | os.PathLike | None = None) -> Path
     cls = getattr(tvd, layout.archive_dataset)
     base = env.data_dir(data_dir)
     base.mkdir(parents=True, exist_ok=True)
+    if (base / layout.folder).exists():
+        raise DataError(f"{name}: {base / layout.folder} already exists; delete it first to download again")
     with tempfile.TemporaryDirectory(dir=base, prefix=".download-") as tmp:
         try:
             download_and_extract_archive(cls.url, download_root=tmp, filename=cls.filename, md5=cls.tgz_md5)
@@ -311,10 +313,11 @@ class GpuLoader:
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std
         if self.train and self.cutout:
-            b, half = x.shape[0], self.cutout // 2
+            b, size = x.shape[0], self.cutout
             cy, cx = self._rand(b, 1, 1, high=32), self._rand(b, 1, 1, high=32)
             ar = torch.arange(32, device=self.device)
-            hole = ((ar[None, :, None] - cy).abs() <= half) & ((ar[None, None, :] - cx).abs() <= half)
+            oy, ox = ar[None, :, None] - cy + size // 2, ar[None, None, :] - cx + size // 2
+            hole = (oy >= 0) & (oy < size) & (ox >= 0) & (ox < size)  # a size x size square around (cy, cx)
             x = x.masked_fill(hole[:, None], 0.0)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 

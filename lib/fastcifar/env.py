@@ -140,8 +140,9 @@ class Profile:
 
 
 PROFILES = {
-    # Seed protocol: warm-up 50-200 iterations, measure 500-2000 (sprint plan, section 2).
-    "full": Profile("full", None, None, None, warmup_iters=100, measure_iters=1000, compile=True, sanity_steps=150),
+    # Seed protocol: warm-up 50-200 iterations, measure 500-2000 (sprint plan, section 2); J1 card 3's
+    # defaults (50, 500) keep the whole series inside its time budget.
+    "full": Profile("full", None, None, None, warmup_iters=50, measure_iters=500, compile=True, sanity_steps=150),
     "smoke": Profile("smoke", 256, 256, 1, warmup_iters=3, measure_iters=20, compile=False, sanity_steps=5),
 }
 
@@ -180,6 +181,14 @@ class Run:
     @property
     def results_csv(self) -> Path:
         return self.out_dir / "results.csv"
+
+    def relative(self, path) -> str:
+        """Path as stored in JSON files: relative to the project root, so a copy elsewhere still works."""
+        path = Path(path).resolve()
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def resolve(self, stored: str) -> Path:
+        return self.root / stored if not Path(stored).is_absolute() else Path(stored)
 
     def row_meta(self) -> dict:
         """Columns every results row carries."""

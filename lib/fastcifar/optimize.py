@@ -128,6 +128,7 @@ def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
         traced.graph.erase_node(node)
         folded += 1
     traced.graph.lint()
+    traced.delete_all_unused_submodules()
     traced.recompile()
     traced.folded_batchnorms = folded
     return traced

@@ -80,7 +80,7 @@ def markdown_table(df, columns: dict[str, str] | None = None, digits: dict[str, 
     columns = columns or {c: c for c in df.columns}
     digits = digits or {}
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    for _, row in df.iterrows():
+    for _, row in df.astype(object).iterrows():  # keep ints as ints
         lines.append("| " + " | ".join(_cell(row.get(c), digits.get(c, 2 if "acc" in c else 4)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
