@@ -40,8 +40,9 @@ def config(**kw):
 def test_a_few_steps_lower_the_loss_on_a_small_batch():
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
-    losses = train.overfit_batch(Tiny(), x, y, steps=60, lr=0.1)
-    assert losses[-1] < 0.5 * losses[0]
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # enough capacity to memorise 16 images
+    losses = train.overfit_batch(linear, x, y, steps=30, lr=0.01)
+    assert losses[-1] < 0.1 * losses[0]
 
 
 def test_initial_loss_near_log_classes():

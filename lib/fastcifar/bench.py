@@ -9,6 +9,7 @@ The host figures are the headline (`lat_*`); the event figures are reported besi
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,16 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
         model.eval()
 
     host = np.empty(measure_iters)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside the loop would show up as a latency spike (timeit does the same)
+    try:
+        return _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events, host)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events, host) -> BenchResult:
     with torch.inference_mode():
         for _ in range(warmup_iters):
             model(inputs)
