@@ -595,3 +595,16 @@ def test_torchvision_batch1_dataloader():
         assert x.shape == (1, 3, 32, 32) and y.tolist() == [i]
     torch.testing.assert_close(batches[4][0], data.to_tensor(split.images[4:5], CPU, data.CIFAR100_MEAN,
                                                              data.CIFAR100_STD), atol=1e-5, rtol=1e-5)
+
+
+def test_splits_for_follows_the_profile_and_tensors_are_normalised(cifar10_str):
+    from types import SimpleNamespace
+
+    from fastcifar import env
+
+    smoke = SimpleNamespace(data_dir=cifar10_str.base, profile=env.Profile("smoke", 30, 7, 1, 1, 2, False, 1))
+    splits = data.splits_for(smoke, seed=0, n_val=20)
+    assert len(splits.train) == 30 and len(splits.val) == 7 and len(splits.test) == 7
+    images, labels = splits.tensors("val", "cpu")
+    assert images.shape == (7, 3, 32, 32) and labels.dtype == torch.int64
+    assert torch.allclose(images, data.to_tensor(splits.val.images, "cpu", splits.mean, splits.std))

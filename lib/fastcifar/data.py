@@ -242,6 +242,11 @@ class Splits:
     classes: list[str]
     source: str
 
+    def tensors(self, which: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised images, labels) of the 'train', 'val' or 'test' split, on `device`."""
+        split = getattr(self, which)
+        return to_tensor(split.images, device, self.mean, self.std), torch.as_tensor(split.labels, device=device)
+
 
 def make_splits(data: Cifar, n_val: int = 5000, seed: int = 42, train_limit: int | None = None,
                 eval_limit: int | None = None) -> Splits:
@@ -251,6 +256,12 @@ def make_splits(data: Cifar, n_val: int = 5000, seed: int = 42, train_limit: int
         train = train.subset(np.random.default_rng(seed).permutation(len(train))[:train_limit])
     return Splits(train, val.head(eval_limit), data.test.head(eval_limit), data.layout.mean, data.layout.std,
                   data.classes, data.source)
+
+
+def splits_for(run, seed: int = 42, n_val: int = 5000) -> Splits:
+    """CIFAR-10 splits as a notebook's run profile wants them (subsets in smoke runs)."""
+    cifar = load_cifar("cifar10", run.data_dir)
+    return make_splits(cifar, n_val, seed, train_limit=run.profile.train_limit, eval_limit=run.profile.eval_limit)
 
 
 def to_tensor(images: np.ndarray, device, mean, std, channels_last: bool = False) -> torch.Tensor:

@@ -12,6 +12,7 @@ import argparse
 import ast
 import datetime as _dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params: dict | Non
     for nb in selected:
         source = paths[nb]
         target = out_dir / source.name
-        print(f"[pipeline] {nb}: {source.relative_to(root)} -> {target.relative_to(root)}", flush=True)
+        print(f"[pipeline] {nb}: {os.path.relpath(source)} -> {os.path.relpath(target)}", flush=True)
         t0 = time.perf_counter()
         with atomic.atomic_path(target) as tmp:
             pm.execute_notebook(str(source), str(tmp), parameters={"profile": prof.name, **(params or {})},
