@@ -1,7 +1,6 @@
 """fastcifar.bench on the CPU with a fake clock: statistics, the benchmark loop, stability, results CSVs."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -320,8 +319,3 @@ def test_protocol_markdown_mentions_settings():
     assert all(line.startswith("|") and line.endswith("|") for line in md.strip().splitlines())
 
 
-def test_fmt_ms():
-    assert bench.fmt_ms(1.23456789) == "1.2346"
-    assert bench.fmt_ms(float("nan")) == "n/a"
-    assert bench.fmt_ms(None) == "n/a"
-    assert not math.isnan(float(bench.fmt_ms(0.0)))

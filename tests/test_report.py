@@ -39,13 +39,6 @@ def test_keep_channels_last():
     assert report.keep_channels_last(2.00, 1.80, min_gain=0.2) is False
 
 
-def test_speedup():
-    assert report.speedup(2.0, 0.5) == pytest.approx(4.0)
-
-
-# ---------------------------------------------------------------- select_final
-
-
 def candidates() -> pd.DataFrame:
     return pd.DataFrame([
         {"id": "slow-best", "accuracy": 95.0, "val_accuracy": 94.8, "lat_p95_ms": 3.0},

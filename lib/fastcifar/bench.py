@@ -10,7 +10,6 @@ The host figures are the headline (`lat_*`); the event figures are reported besi
 from __future__ import annotations
 
 import gc
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,10 +209,6 @@ def read_results(path: str | Path):
     if missing:
         raise ValueError(f"{path} is not a results CSV: missing columns {missing}")
     return df[RESULT_COLUMNS]
-
-
-def fmt_ms(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def protocol_markdown(warmup_iters: int, measure_iters: int, device: str, runs: int = 3) -> str:

@@ -25,10 +25,6 @@ def keep_channels_last(base_p95: float, cl_p95: float, min_gain: float = 0.05) -
     return (base_p95 - cl_p95) / base_p95 > min_gain
 
 
-def speedup(base_p95: float, p95: float) -> float:
-    return base_p95 / p95
-
-
 def select_final(df, bar: float, accuracy_column: str = "val_accuracy", latency_column: str = "lat_p95_ms"):
     """The final candidate: lowest p95 latency among rows whose *validation* accuracy clears `bar`.
     The test set plays no part in the choice. Returns the chosen row (a pandas Series)."""
