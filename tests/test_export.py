@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from fastcifar import export, models, train

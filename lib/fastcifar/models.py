@@ -1,8 +1,8 @@
 """The models of the sprint: ResNet-18 adapted to CIFAR (teacher) and two light models.
 
-ImageNet stems divide a 224-pixel image by 4 (MobileNetV3) or 4 (ShuffleNetV2: conv stride 2 and a
-max-pool) before the first block; on a 32x32 CIFAR image that leaves 8x8 maps after the stem and 1x1
-at the end. The `_cifar` versions keep the stride at 1 there, so the network ends on 4x4 maps.
+ImageNet stems divide the image by 4 in their first layers (MobileNetV3-Small: a stride-2 stem conv and a
+stride-2 first block; ShuffleNetV2: a stride-2 conv and a max-pool); on a 32x32 CIFAR image that leaves
+8x8 maps early and 1x1 at the end. The CIFAR versions keep stride 1 there, so the network ends on 4x4.
 J2 measures what that buys (accuracy) and costs (latency).
 """
 from __future__ import annotations

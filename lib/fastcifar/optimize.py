@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import time
 import traceback
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
