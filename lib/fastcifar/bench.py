@@ -29,6 +29,9 @@ RESULT_COLUMNS = [
     "train_s", "images_per_s", "batch", "warmup_iters", "measure_iters", "run", "notes",
     "profile", "device_name", "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp",
 ]
+# Read back as text, so ids like "007" and versions like "12.10" survive a rewrite of the CSV.
+TEXT_COLUMNS = ("id", "variant", "model", "precision", "memory_format", "compile_mode", "notes", "profile",
+                "device_name", "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp")
 
 
 @dataclass(frozen=True)
@@ -105,17 +108,17 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
     if isinstance(model, torch.nn.Module):
         model.eval()
 
-    host = np.empty(measure_iters)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside the loop would show up as a latency spike (timeit does the same)
     try:
-        return _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events, host)
+        return _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events, host) -> BenchResult:
+def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events) -> BenchResult:
+    host = np.empty(measure_iters)
     with torch.inference_mode():
         for _ in range(warmup_iters):
             model(inputs)
@@ -202,9 +205,7 @@ def read_results(path: str | Path):
     """Read a results CSV; it must have every column of RESULT_COLUMNS."""
     import pandas as pd
 
-    text = ("id", "variant", "model", "precision", "memory_format", "compile_mode", "notes", "profile", "device_name",
-            "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp")
-    df = pd.read_csv(path, dtype={c: str for c in text})  # ids like "007" and versions like "12.10" stay text
+    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a results CSV: missing columns {missing}")
