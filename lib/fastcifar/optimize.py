@@ -106,7 +106,11 @@ def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
-    """Trace the model and fold every BatchNorm2d that directly follows a Conv2d used only there."""
+    """Trace the model and fold every BatchNorm2d that directly follows a Conv2d used only there.
+
+    A model that knows how to fold itself (FastNet: BN after a max-pool) provides `fold_batchnorm()`."""
+    if hasattr(model, "fold_batchnorm"):
+        return model.fold_batchnorm()
     model = copy.deepcopy(model).eval()
     traced = torch.fx.symbolic_trace(model)
     modules = dict(traced.named_modules())
@@ -255,11 +259,11 @@ def sweep(model: nn.Module, model_name: str, specs: dict[str, Spec], val: tuple,
     Specs that cannot run here get a row saying why. Returns (DataFrame, {id: host samples in ms})."""
     import pandas as pd
 
-    from .models import LABELS
+    from .models import arch_of, label
 
     rows, samples = [], {}
     for vid, spec in specs.items():
-        base = {"id": vid, "variant": f"{LABELS.get(model_name, model_name)}, {spec.label}", "model": model_name, **meta}
+        base = {"id": vid, "variant": f"{label(model_name, arch_of(model))}, {spec.label}", "model": model_name, **meta}
         try:
             variant, row = evaluated(model, spec, val, test, allow_compile)
             result = bench.benchmark_latency(variant, variant.prepare(test[0][:1]), warmup_iters, measure_iters)

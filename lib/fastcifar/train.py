@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import atomic, env
 from .data import GpuLoader, Splits, to_tensor
 from .distill import distillation_loss
-from .models import build_model
+from .models import arch_of, build_model
 
 CHECKPOINT_FORMAT = "fastcifar-checkpoint/1"
 
@@ -91,7 +91,7 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_name: str, num_classes: int, **extra) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "num_classes": num_classes,
-               "state_dict": state, **extra}
+               "arch": arch_of(model), "state_dict": state, **extra}
     with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -116,7 +116,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
 def load_model(path: str | Path, device="cpu", model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint was made from and load its weights (eval mode)."""
     ckpt = load_checkpoint(path, model_name)
-    model = build_model(ckpt["model_name"], ckpt["num_classes"])
+    model = build_model(ckpt["model_name"], ckpt["num_classes"], **ckpt.get("arch", {}))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
