@@ -22,6 +22,9 @@ from . import bench
 from .models import count_params, size_mb
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16")
+# "torch": PyTorch modules (eager, compiled, graphed). The others are the fused FastNet kernels of
+# `fastcifar.fused`: one kernel per layer, or the whole network in one persistent kernel.
+BACKENDS = ("torch", "fused-layers", "fused-persistent")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -32,8 +35,15 @@ class Spec:
     fold_bn: bool = False
     compile_mode: str | None = None
     cuda_graph: bool = False
+    mirror: bool = False  # flip test-time augmentation inside the call: logits of x and of x mirrored, averaged
+    backend: str = "torch"
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
+        if self.backend != "torch" and (self.precision != "fp16" or self.compile_mode or self.channels_last):
+            raise ValueError(f"backend {self.backend!r} computes in FP16 from its own packed weights: "
+                             "use precision='fp16', no compile_mode, channels_last=False")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.compile_mode not in COMPILE_MODES:
@@ -45,6 +55,9 @@ class Spec:
     @property
     def label(self) -> str:
         parts = [self.precision.upper().replace("-AUTOCAST", " autocast")]
+        if self.backend != "torch":
+            parts.append({"fused-layers": "fused kernel per layer",
+                          "fused-persistent": "one persistent kernel"}[self.backend])
         if self.channels_last:
             parts.append("channels_last")
         if self.fold_bn:
@@ -53,19 +66,21 @@ class Spec:
             parts.append(f"compile({self.compile_mode})")
         if self.cuda_graph:
             parts.append("CUDA graph")
+        if self.mirror:
+            parts.append("mirror TTA")
         return " + ".join(parts)
 
     @property
     def static_shape(self) -> bool:
         """Graph replays and compiled code are specialised to the batch-1 shape they were built for."""
-        return self.cuda_graph or self.compile_mode is not None
+        return self.cuda_graph or self.compile_mode is not None or self.backend != "torch"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Spec":
-        return cls(**d)
+        return cls(**d)  # older records lack mirror/backend: the defaults apply
 
     def but(self, **changes) -> "Spec":
         return replace(self, **changes)
@@ -166,10 +181,35 @@ def capture_cuda_graph(fn: Callable, example: torch.Tensor, warmup: int = 3) -> 
 
 # ---------------------------------------------------------------- building a variant
 
+def with_mirror(fn: Callable) -> Callable:
+    """Flip test-time augmentation in one call: the batch and its horizontal mirror go through `fn` as
+    one batch of 2B (at batch 1 this costs about the same as one image), the two logits are averaged."""
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        out = fn(torch.cat([x, x.flip(3)]))
+        return (out[: len(x)] + out[len(x):]) * 0.5
+    return mirrored
+
+
+def _build_fused(model: nn.Module, spec: Spec, example: torch.Tensor) -> Variant:
+    """A FastNet run by the fused kernels of `fastcifar.fused` (a GPU path)."""
+    if example.device.type != "cuda":
+        raise Unavailable(f"backend {spec.backend!r} runs CUDA kernels")
+    from . import fused
+
+    module = copy.deepcopy(model).eval().to(example.device)
+    fn, notes = fused.build(module, spec.backend, example, mirror=spec.mirror)
+    variant = Variant(spec, fn, module, torch.float16, torch.contiguous_format, notes=list(notes))
+    if spec.cuda_graph:
+        variant.fn = capture_cuda_graph(fn, variant.prepare(example))
+    return variant
+
+
 def build(model: nn.Module, spec: Spec, example: torch.Tensor, allow_compile: bool = True) -> Variant:
     """Apply `spec` to a copy of a trained model. `example` is a normalised fp32 input batch on the
     model's device (batch 1 for latency). Raises Unavailable when the spec cannot run here."""
     device = example.device
+    if spec.backend != "torch":
+        return _build_fused(model, spec, example)
     module = copy.deepcopy(model).eval().to(device)
     notes: list[str] = []
     if spec.fold_bn:
@@ -193,6 +233,8 @@ def build(model: nn.Module, spec: Spec, example: torch.Tensor, allow_compile: bo
                 return _m(x)
     else:
         eager = module
+    if spec.mirror:
+        eager = with_mirror(eager)
 
     variant = Variant(spec, eager, module, input_dtype, memory_format, notes=notes)
     x = variant.prepare(example)
