@@ -185,3 +185,43 @@ def latency_histograms(samples: dict[str, np.ndarray], path=None):
     ax.set(xlabel="latency per call (ms, log scale; dotted: p95)", ylabel="calls", title="Batch-1 latency distributions")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def sweep_plot(df, bar: float, path=None, floor_ms: float | None = None, chosen: dict | None = None):
+    """The FastNet sweep: test accuracy against p95 latency (log scale), each point without and with the
+    mirror joined by a line, the launch floor and the bar marked, the chosen F1/F2 circled."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (point, d) in enumerate(df.groupby("point", sort=False)):
+        d = d.sort_values("mirror")
+        ax.plot(d.lat_p95_ms, d.accuracy, "-", c=f"C{i % 10}", lw=1, alpha=0.6)
+        for _, r in d.iterrows():
+            ax.scatter(r.lat_p95_ms, r.accuracy, c=f"C{i % 10}", marker="s" if r.mirror else "o",
+                       label=point if not r.mirror else None)
+    for key, c in (chosen or {}).items():
+        r = df[df.id == c["id"]]
+        if len(r):
+            ax.scatter(r.lat_p95_ms, r.accuracy, s=220, facecolors="none", edgecolors="k", lw=1.5)
+            ax.annotate(key, (r.lat_p95_ms.iloc[0], r.accuracy.iloc[0]), xytext=(8, -12),
+                        textcoords="offset points", fontsize=9, weight="bold")
+    ax.axhline(bar, c="C2", ls=":", lw=1)
+    ax.annotate(f"bar {bar:g}%", (0.01, bar), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                textcoords="offset points", fontsize=8, color="C2")
+    lo = df.lat_p95_ms.min()
+    if floor_ms is not None and np.isfinite(floor_ms):
+        ax.axvline(floor_ms, c="0.4", ls="--", lw=1)
+        ax.annotate(f"launch floor\n{floor_ms * 1000:.0f} us", (floor_ms, 0.03), xycoords=("data", "axes fraction"),
+                    xytext=(4, 0), textcoords="offset points", fontsize=8, color="0.3")
+        lo = min(lo, floor_ms)
+    ax.set_xscale("log")
+    ax.set_xlim(lo * 0.8, df.lat_p95_ms.max() * 1.25)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 1000:g}"))
+    ax.set(xlabel="p95 latency at batch 1 (us, log scale)", ylabel="test accuracy (%)",
+           title="FastNet sweep (circles: image only; squares: image + mirror)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
