@@ -128,7 +128,7 @@ class FastNet(nn.Module):
         eigval, eigvec = torch.linalg.eigh(cov.double())
         order = eigval.argsort(descending=True)[: c // 2]
         filters = (eigvec[:, order].T / torch.sqrt(eigval[order] + eps)[:, None]).float()
-        filters = filters.reshape(c // 2, 2, 2, 3).permute(0, 3, 2, 1)  # back to (out, channel, kh, kw)
+        filters = filters.reshape(c // 2, 3, 2, 2)  # patches were flattened as (channel, kh, kw)
         w = torch.cat([filters, -filters]).to(self.whiten.weight)
         self.whiten.weight.copy_(w)
         self.whiten.weight.requires_grad_(False)

@@ -37,6 +37,7 @@ class Point:
     widths: tuple
     convs: int
     recipe: str  # a name in recipe.RECIPES
+    epochs: float | None = None  # the recipe's own when None
 
     @property
     def arch(self) -> dict:
@@ -51,6 +52,7 @@ POINTS = (
     Point("w96-x3", (96, 192, 384), 3, "long"),
     Point("w128-x3", (128, 384, 512), 3, "long"),
     Point("w128-512-x3", (128, 512, 512), 3, "long"),
+    Point("w128-512-x3-e90", (128, 512, 512), 3, "long", epochs=90),
 )
 SMOKE_POINTS = (Point("w8", (8, 8, 16), 2, "short"), Point("w8-x3", (8, 8, 16), 3, "long"))
 
@@ -65,7 +67,7 @@ def timing_spec(device: torch.device, mirror: bool) -> optimize.Spec:
 def measure_point(point: Point, splits, device, profile: env.Profile, epochs_cap: int | None = None,
                   progress: bool = True) -> tuple[list[dict], torch.nn.Module]:
     """Train one point and return two rows (without and with the mirror) and the trained model."""
-    r = recipe.recipe_named(point.recipe)
+    r = recipe.recipe_named(point.recipe, **({} if point.epochs is None else {"epochs": point.epochs}))
     if epochs_cap is not None:
         r = recipe.recipe_named(point.recipe, epochs=min(r.epochs, epochs_cap), batch_size=min(r.batch_size, 128))
     result = recipe.train_fastnet(splits, point.arch, r, device, progress=progress, name=point.name)
@@ -154,7 +156,8 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
             f"accuracy used for F2: {teacher_val}.\n")
     atomic.write_text(out_dir / "sweep.md", report.markdown_table(df, columns) + "\n" + note)
     report.sweep_plot(df, SEED_BAR, out_dir / "sweep_pareto.png", floor_ms=floor_ms, chosen=chosen)
-    record = {"chosen": chosen, "points": {p.name: {"arch": p.arch, "recipe": p.recipe} for p in points},
+    record = {"chosen": chosen, "points": {p.name: {"arch": p.arch, "recipe": p.recipe, "epochs": p.epochs}
+                                           for p in points},
               "floor_p95_ms": floor_ms, "teacher_val": teacher_val, **meta}
     atomic.write_text(out_dir / "chosen.json", json.dumps(record, indent=2))
     return df, record
