@@ -21,7 +21,7 @@ def test_every_notebook_is_found_and_has_a_parameters_cell():
     for path in paths.values():
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and 'profile = "auto"' in tagged[0].source, path.name
+        assert len(tagged) == 1 and 'profile: str = "auto"' in tagged[0].source, path.name
 
 
 def test_unknown_notebook_is_refused():

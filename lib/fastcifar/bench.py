@@ -176,6 +176,26 @@ def launch_floor(device, warmup_iters: int = 100, measure_iters: int = 1000) -> 
     return {"eager tiny kernel": eager, "CUDA-graph replay of one tiny kernel": replay}
 
 
+def kernel_profile(fn: Callable, inputs: torch.Tensor, calls: int = 20) -> dict:
+    """Where one call's GPU time goes: CUDA kernels per call and their summed duration (GPU busy time,
+    in ms), from the profiler over `calls` calls after a warm-up. CUDA only."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if inputs.device.type != "cuda":
+        raise RuntimeError("kernel profiles need a CUDA device")
+    for _ in range(3):
+        fn(inputs)
+    torch.cuda.synchronize(inputs.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn(inputs)
+        torch.cuda.synchronize(inputs.device)
+    # Copies and memsets count: they are GPU work the call launches like any kernel.
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in kernels)
+    return {"kernels_per_call": len(kernels) / calls, "gpu_busy_ms": busy_us / calls / 1000.0}
+
+
 def check_row(row: dict) -> dict:
     unknown = set(row) - set(RESULT_COLUMNS)
     if unknown:

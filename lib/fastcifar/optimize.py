@@ -355,3 +355,24 @@ def remeasure(entries: list[dict], val: tuple, test: tuple, runs: int, warmup_it
                          **result.row(), "run": r})
         print(f"  run {r}/{runs} done", flush=True)
     return _with_all_columns(pd.DataFrame(rows)), samples
+
+
+@torch.inference_mode()
+def parity(model: nn.Module, variant: Variant, test: tuple, n_random: int = 1000, seed: int = 0) -> dict:
+    """How closely a variant computes what the FP32 model computes (the same mirror applied to both):
+    logits on `n_random` random inputs (max |difference| relative to the largest |logit|), and on the
+    test set the share of identical predictions and the accuracy of each."""
+    reference = copy.deepcopy(model).float().eval().to(test[0].device)
+    ref_fn = with_mirror(reference) if variant.spec.mirror else reference
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(n_random, *test[0].shape[1:], generator=gen).to(test[0].device)
+    worst = 0.0
+    for i in range(n_random):
+        x = noise[i:i + 1]
+        ref, got = ref_fn(x).float(), variant(variant.prepare(x)).float()
+        worst = max(worst, ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item())
+    ref_pred = torch.cat([ref_fn(test[0][i:i + 1000]).argmax(1) for i in range(0, len(test[0]), 1000)])
+    got_pred = predictions(variant, test[0])
+    return {"max_rel_logit_diff_random": worst, "same_prediction_pct": 100.0 * (ref_pred == got_pred).float().mean().item(),
+            "accuracy_fp32_pct": 100.0 * (ref_pred == test[1]).float().mean().item(),
+            "accuracy_variant_pct": 100.0 * (got_pred == test[1]).float().mean().item(), "n_random": n_random}

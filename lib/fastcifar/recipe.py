@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import GpuLoader, Splits, to_tensor
+from .distill import distillation_loss
 from .models import FastNet
 
 
@@ -45,6 +46,8 @@ class Recipe:
     ema_decay_pow: float = 3.0
     translate: int = 2                # random translation, pixels (zero padding)
     cutout: int = 0                   # side of a square hole, pixels; 0 = off
+    distill_T: float = 4.0            # with a teacher (J4-15): temperature and weight of the soft term
+    distill_alpha: float = 0.7
     seed: int = 42
 
     def __post_init__(self):
@@ -77,6 +80,19 @@ def recipe_named(name: str, **changes) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return dataclasses.replace(RECIPES[name], **changes)
+
+
+def for_profile(r: Recipe, profile) -> Recipe:
+    """The recipe as a run profile allows it: smoke runs (a few hundred images) get at most the
+    profile's epochs and small batches, so that they still take a few steps."""
+    if profile.max_epochs is None:
+        return r
+    return dataclasses.replace(r, epochs=min(r.epochs, profile.max_epochs), batch_size=min(r.batch_size, 128))
+
+
+def point_recipe(point: dict) -> Recipe:
+    """The recipe a sweep point names (`recipe`, and `epochs` when it sets its own)."""
+    return recipe_named(point["recipe"], **({"epochs": point["epochs"]} if point.get("epochs") else {}))
 
 
 @dataclass
@@ -141,14 +157,17 @@ def _autocast(device: torch.device):
 
 
 def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classes: int = 10,
-                  progress: bool = True, name: str = "fastnet") -> FastResult:
+                  progress: bool = True, name: str = "fastnet", teacher: torch.nn.Module | None = None) -> FastResult:
     """Train a FastNet of architecture `arch` ({widths, convs, ...}) with `recipe` on splits.train;
-    report validation accuracy of the final weights (the recipe has no checkpoint choice to make)."""
+    report validation accuracy of the final weights (the recipe has no checkpoint choice to make).
+    With a `teacher` (frozen, same inputs), the loss is the distillation loss of `fastcifar.distill`."""
     device = torch.device(device)
     torch.manual_seed(recipe.seed)
     channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = FastNet(num_classes, **arch).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
     loader = GpuLoader(splits.train, min(recipe.batch_size, len(splits.train)), device, splits.mean, splits.std,
                        train=True, padding=recipe.translate, cutout=recipe.cutout, seed=recipe.seed,
                        channels_last=channels_last)
@@ -175,7 +194,14 @@ def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classe
                 group["lr"] = group["base_lr"] * recipe.lr_factor(step, total)
             with _autocast(device):
                 out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing, reduction="sum")
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_out = teacher(x)
+            if teacher is None:
+                loss = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing, reduction="sum")
+            else:  # summed over the batch like the plain loss, so the recipe's step sizes still hold
+                loss = len(y) * distillation_loss(out, t_out, y, recipe.distill_T, recipe.distill_alpha,
+                                                  recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -202,3 +228,18 @@ def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classe
     model.eval()
     return FastResult(model.to(memory_format=torch.contiguous_format), history, train_s,
                       accuracy(model, val_x, val_y), accuracy(model, val_x, val_y, mirror=True))
+
+
+def train_and_save(splits: Splits, arch: dict, recipe: Recipe, device, path, name: str = "fastnet",
+                   teacher: torch.nn.Module | None = None, progress: bool = True) -> FastResult:
+    """Train (see `train_fastnet`) and save a checkpoint that `train.load_model` rebuilds, with the
+    recipe, the per-epoch history and the validation accuracies beside the weights."""
+    from . import env
+    from .train import save_checkpoint
+
+    result = train_fastnet(splits, arch, recipe, device, len(splits.classes), progress, name, teacher)
+    save_checkpoint(path, result.model, "fastnet", len(splits.classes), recipe=recipe.to_dict(),
+                    history=result.history, val_acc=result.val_acc, val_acc_mirror=result.val_acc_mirror,
+                    train_s=result.train_s, distilled=teacher is not None, data_source=splits.source,
+                    versions=env.versions())
+    return result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,168 @@ def select_final(df, bar: float, accuracy_column: str = "val_accuracy", latency_
         raise ValueError(f"no variant reaches {bar}% {accuracy_column} (best is {best:.2f}%): lower the bar or "
                          "train longer (J3 points of attention: more epochs, cutout)")
     return eligible.loc[lat[eligible.index].idxmin()]
+
+
+def fastest(df, ids=None):
+    """The measured row with the lowest p95 latency (among `ids` when given), or None."""
+    import pandas as pd
+
+    d = df if ids is None else df[df["id"].isin(list(ids))]
+    lat = pd.to_numeric(d["lat_p95_ms"], errors="coerce")
+    d = d[lat.notna()]
+    return None if d.empty else d.loc[lat[d.index].idxmin()]
+
+
+@dataclass
+class SeedDecisions:
+    """J4 on B1: the seed's rows O1-O3 (ids of the measured variants they come from), the keep/drop
+    verdicts of its rules, and one line of explanation per decision."""
+
+    rows: list = field(default_factory=list)     # row dicts renamed O1, O2, O3
+    origin: dict = field(default_factory=dict)   # O-id -> id of the measured variant
+    keep: dict = field(default_factory=dict)     # "fp16" / "channels_last" -> bool
+    lines: list = field(default_factory=list)
+
+
+def seed_decisions(rows, ref_id: str, candidates: dict, fp16_max_drop: float = 0.5,
+                   channels_last_min_gain: float = 0.05) -> SeedDecisions:
+    """Apply the seed's rules to the variants of one model. `candidates` maps O1 (FP16), O2 (FP16 +
+    compile) and O3 (channels_last) to the ids of the variants that may stand for them (the fastest
+    measured one does). FP16 is kept when test accuracy drops by less than `fp16_max_drop` points
+    (J4-03); channels_last when p95 improves by more than `channels_last_min_gain` (J4-13)."""
+    ref = rows[rows["id"] == ref_id].iloc[0]
+    out = SeedDecisions()
+    what = {"O1": "FP16", "O2": "FP16 + compile", "O3": "channels_last"}
+    picked = {}
+    for oid, ids in candidates.items():
+        row = fastest(rows, ids)
+        if row is None:
+            out.lines.append(f"{oid} ({what.get(oid, oid)}): not measured here (needs CUDA / compile)")
+            continue
+        picked[oid] = row
+        out.origin[oid] = row["id"]
+        out.rows.append({**row.to_dict(), "id": oid})
+    if "O1" in picked:
+        o1 = picked["O1"]
+        out.keep["fp16"] = keep_fp16(ref.accuracy, o1.accuracy, fp16_max_drop)
+        out.lines.append(f"FP16: test accuracy {ref.accuracy:.2f}% -> {o1.accuracy:.2f}% (drop "
+                         f"{ref.accuracy - o1.accuracy:+.2f} pt, limit {fp16_max_drop}): "
+                         f"{'KEPT' if out.keep['fp16'] else 'DROPPED'}")
+    if "O3" in picked:
+        o3 = picked["O3"]
+        out.keep["channels_last"] = keep_channels_last(ref.lat_p95_ms, o3.lat_p95_ms, channels_last_min_gain)
+        out.lines.append(f"channels_last: p95 {ref.lat_p95_ms:.4f} -> {o3.lat_p95_ms:.4f} ms (gain "
+                         f"{100 * (1 - o3.lat_p95_ms / ref.lat_p95_ms):+.1f}%, needs > {100 * channels_last_min_gain:.0f}%): "
+                         f"{'KEPT' if out.keep['channels_last'] else 'DROPPED'}")
+    if "O2" in picked:
+        o2 = picked["O2"]
+        out.lines.append(f"compile: mode {o2.compile_mode!r}, p95 {o2.lat_p95_ms:.4f} ms "
+                         f"({ref.lat_p95_ms / o2.lat_p95_ms:.2f}x the reference), compile time {float(o2.compile_s or 'nan'):.1f} s "
+                         "(outside the latency figure)")
+    return out
+
+
+def allowed(rows, keep: dict):
+    """The measured variants the seed's verdicts allow: FP32 only if FP16 was dropped, contiguous only
+    if channels_last was dropped (a verdict not reached allows nothing beyond the default)."""
+    import pandas as pd
+
+    d = rows[pd.to_numeric(rows["lat_p95_ms"], errors="coerce").notna()]
+    if not keep.get("fp16", False):
+        d = d[d.precision == "fp32"]
+    if not keep.get("channels_last", False):
+        d = d[d.memory_format != "channels_last"]
+    return d
+
+
+def family_choice(rows, threshold: float, name: str):
+    """F1/F2: the fastest row whose validation accuracy reaches `threshold`. Returns (row, met, line);
+    when none does, the most accurate row on validation, with met=False (reported, never hidden)."""
+    import pandas as pd
+
+    try:
+        row = select_final(rows, threshold)
+        return row, True, (f"{name} = {row['id']}: val {row.val_accuracy:.2f}% >= {threshold:.2f}%, "
+                           f"p95 {row.lat_p95_ms:.4f} ms")
+    except ValueError:
+        measured = rows[pd.to_numeric(rows["lat_p95_ms"], errors="coerce").notna()]
+        if measured.empty:
+            return None, False, f"{name}: nothing measured"
+        row = measured.loc[pd.to_numeric(measured.val_accuracy).idxmax()]
+        return row, False, (f"{name} MISSED: the best validation accuracy is {row.val_accuracy:.2f}% ({row['id']}), "
+                            f"under {threshold:.2f}%; kept as {name} and flagged")
+
+
+def choose_light_model(light, candidates: list[str], bar: float):
+    """J2's B1: among `candidates` (model names in `light`), the lowest p95 whose validation accuracy
+    clears the bar; if none does, the most accurate (J4 then distils). Returns (row, reason)."""
+    import pandas as pd
+
+    pool = light[light.model.isin(candidates)]
+    try:
+        row = select_final(pool, bar)
+        return row, (f"validation accuracy {row.val_accuracy:.2f}% clears {bar}% with the lowest p95 "
+                     f"({row.lat_p95_ms:.4f} ms)")
+    except ValueError:
+        row = pool.loc[pd.to_numeric(pool.val_accuracy).idxmax()]
+        return row, f"no light model clears {bar}% on validation; kept the most accurate ({row.val_accuracy:.2f}%)"
+
+
+def fastnet_curves(histories: dict, path=None):
+    """FastNet training: summed-loss per image and validation accuracy per epoch, one colour per run."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, h) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in h]
+        ax_loss.plot(epochs, [r["train_loss"] for r in h], f"C{i}", label=name)
+        ax_acc.plot(epochs, [r["val_acc"] for r in h], f"C{i}", label=name)
+    ax_loss.set(xlabel="epoch", ylabel="training loss per image", title="training loss (augmented, smoothed labels)")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy (no mirror)")
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def family_status(final, bar: float, teacher_val: float, targets_ms: dict | None = None) -> list[str]:
+    """One line per family row (F1, F2, F1-fused, F2-fused) of a final table: its accuracy bar (the seed's
+    for F1, the teacher's validation accuracy in the same run for F2) and its p95 target, each met or not."""
+    lines = []
+    for rid in ("F1", "F2", "F1-fused", "F2-fused"):
+        r = final[final["id"] == rid]
+        if r.empty:
+            lines.append(f"{rid}: not in this table")
+            continue
+        r = r.iloc[0]
+        threshold = bar if rid.startswith("F1") else teacher_val
+        acc_ok = r.val_accuracy >= threshold
+        line = (f"{rid}: val {r.val_accuracy:.2f}% vs {threshold:.2f}% ({'met' if acc_ok else 'MISSED'}), "
+                f"test {r.accuracy:.2f}%, p95 {r.lat_p95_ms:.4f} ms")
+        target = (targets_ms or {}).get(rid)
+        if target is not None:
+            line += f" vs target {target:.3f} ms ({'met' if r.lat_p95_ms <= target else 'MISSED'})"
+        lines.append(line)
+    return lines
+
+
+def same_run_ratios(final, references: dict[str, str]):
+    """Columns `x_vs_<ID>`: that reference row's p95 over each row's p95 (how many times faster), from
+    the same run. References missing from the table give NaN."""
+    out = final.copy()
+    for ref in references:
+        r = final[final["id"] == ref]
+        out[f"x_vs_{ref}"] = (r.lat_p95_ms.iloc[0] / final.lat_p95_ms) if len(r) else np.nan
+    return out
+
+
+def export_choice(final, entries: dict, bar: float):
+    """What J5 exports: the final candidate, the fastest variant whose validation accuracy clears the
+    bar (None when nothing does)."""
+    try:
+        row = select_final(final, bar)
+    except ValueError:
+        return None
+    return entries[row["id"]]
 
 
 def aggregate_runs(df):

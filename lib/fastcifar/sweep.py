@@ -64,12 +64,9 @@ def timing_spec(device: torch.device, mirror: bool) -> optimize.Spec:
     return optimize.Spec(fold_bn=True, mirror=mirror)
 
 
-def measure_point(point: Point, splits, device, profile: env.Profile, epochs_cap: int | None = None,
-                  progress: bool = True) -> tuple[list[dict], torch.nn.Module]:
+def measure_point(point: Point, splits, device, profile: env.Profile, progress: bool = True) -> tuple[list[dict], torch.nn.Module]:
     """Train one point and return two rows (without and with the mirror) and the trained model."""
-    r = recipe.recipe_named(point.recipe, **({} if point.epochs is None else {"epochs": point.epochs}))
-    if epochs_cap is not None:
-        r = recipe.recipe_named(point.recipe, epochs=min(r.epochs, epochs_cap), batch_size=min(r.batch_size, 128))
+    r = recipe.for_profile(recipe.point_recipe({"recipe": point.recipe, "epochs": point.epochs}), profile)
     result = recipe.train_fastnet(splits, point.arch, r, device, progress=progress, name=point.name)
     model = result.model
     test_x, test_y = splits.tensors("test", device)
@@ -132,7 +129,7 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
             "data_source": splits.source, "git_commit": env.git_commit()}
     rows = []
     for point in points:
-        point_rows, _ = measure_point(point, splits, device, profile, epochs_cap=profile.max_epochs, progress=progress)
+        point_rows, _ = measure_point(point, splits, device, profile, progress=progress)
         rows += [{**r, **meta} for r in point_rows]
         shown = "  ".join(f"{r['id']}: val {r['val_accuracy']:.2f}% p95 {r['lat_p95_ms']:.4f} ms" for r in point_rows)
         print(f"[sweep] {point.name} trained in {point_rows[0]['train_s']:.1f} s; {shown}", flush=True)

@@ -298,6 +298,23 @@ def overfit_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     return losses
 
 
+def sanity_failures(checks: list[dict], num_classes: int, overfit: bool = True, loss_tolerance: float = 0.1,
+                    overfit_max: float = 0.05) -> list[str]:
+    """What is wrong in the sanity checks' results (rows with "model", "initial loss" and "loss after
+    overfitting 64 images"): an initial loss farther than `loss_tolerance` from ln(num_classes), or (when
+    `overfit`: enough steps were run) a memorised batch still above `overfit_max`. Empty when sane."""
+    expected = math.log(num_classes)
+    problems = []
+    for c in checks:
+        if not abs(c["initial loss"] - expected) <= loss_tolerance:
+            problems.append(f"{c['model']}: initial loss {c['initial loss']:.4f}, expected ln({num_classes}) = "
+                            f"{expected:.4f} +- {loss_tolerance}: check the head and the loss")
+        if overfit and not c["loss after overfitting 64 images"] < overfit_max:
+            problems.append(f"{c['model']}: 64 images not memorised (loss {c['loss after overfitting 64 images']:.4f}"
+                            f" >= {overfit_max}): gradients or wiring are broken")
+    return problems
+
+
 def trivial_baselines(train_labels: np.ndarray, eval_labels: np.ndarray, num_classes: int, seed: int = 0) -> dict:
     """Accuracy (%) of predicting the majority training class, and of uniform random guesses."""
     majority = np.bincount(train_labels, minlength=num_classes).argmax()
