@@ -16,26 +16,6 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-# Kernels against the reference: same FP16 rounding points, only the FP32 summation order differs,
-# which can flip an FP16 rounding of an activation by one unit (4.9e-4 relative).
-KERNEL_TOLERANCE = 2e-3
-
-
-def random_fastnet(widths, convs, seed=0):
-    """A FastNet with random weights and non-trivial BatchNorm statistics, in eval mode."""
-    from fastcifar.models import FastNet
-
-    torch.manual_seed(seed)
-    model = FastNet(widths=widths, convs=convs)
-    with torch.no_grad():
-        for conv in (c for g in model.groups for c in g.convs):
-            conv.weight.add_(0.05 * torch.randn_like(conv.weight))
-        model.train()
-        for _ in range(3):
-            model(torch.randn(16, 3, 32, 32))
-    return model.eval()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs=3, default=[16, 16, 32])
@@ -44,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=["fused-layers", "fused-persistent"])
     args = parser.parse_args(argv)
 
-    from fastcifar.fused import make_fn, pack, reference
+    from fastcifar.fused import KERNEL_TOLERANCE, make_fn, pack, reference
+    from fastcifar.fused.samples import random_fastnet
 
     model = random_fastnet(tuple(args.widths), args.convs)
     ok = True

@@ -96,11 +96,15 @@ class PackedNet:
         return sum(l.weight.numel() * 2 + l.bias.numel() * 4 for l in self.layers) + self.head.numel() * 2
 
 
-def tile_sizes(rows: int, c_in: int, c_out: int) -> tuple[int, int, int]:
-    """(block_m, block_n, block_k) for a layer: small tiles so that batch-1 layers spread over many
-    programs. tl.dot needs every block dimension to be at least 16."""
+def tile_sizes(rows: int, c_in: int, c_out: int, target_tiles: int = 64) -> tuple[int, int, int]:
+    """(block_m, block_n, block_k) for a layer. At batch 1 a layer has few output rows, so tiles are
+    kept small enough that it spreads over about `target_tiles` programs: block_n shrinks (down to
+    16, the least tl.dot takes) until the layer has that many tiles."""
     block_m = 64 if rows >= 2048 else 32 if rows >= 128 else 16
+    m_blocks = -(-rows // block_m)
     block_n = min(64, _pow2_at_least(c_out))
+    while block_n > 16 and m_blocks * -(-c_out // block_n) < target_tiles:
+        block_n //= 2
     block_k = 16 if c_in < 8 else 32 if c_in < 64 else 64
     return block_m, block_n, block_k
 
