@@ -145,6 +145,9 @@ def _interpret(*args: str) -> list[dict]:
 def test_triton_kernels_under_the_interpreter_match_the_reference(args):
     rows = _interpret(*args)
     assert {r["backend"] for r in rows} == {"fused-layers", "fused-persistent"}
+    assert [r["refuses_float32"] for r in rows if "refuses_float32" in r] == [True, True]
+    rows = [r for r in rows if "refuses_float32" not in r]
+    assert len(rows) == 4
     for r in rows:
         assert r["shape"] == [1, 10] and r["max_ref"] > 0 and r["rel"] <= KERNEL_TOLERANCE, r
 

@@ -43,6 +43,13 @@ def main(argv=None) -> int:
             ok &= bool(rel <= KERNEL_TOLERANCE) and got.shape == want.shape
             print(json.dumps({"backend": backend, "seed": seed, "max_abs": max_abs, "max_ref": max_ref,
                               "rel": rel, "shape": list(got.shape)}), flush=True)
+        try:  # a float32 input must be refused, not read as if it were float16
+            fn(x.float())
+            refused = False
+        except ValueError:
+            refused = True
+        ok &= refused
+        print(json.dumps({"backend": backend, "refuses_float32": refused}), flush=True)
     return 0 if ok else 1
 
 

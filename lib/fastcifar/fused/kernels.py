@@ -100,8 +100,8 @@ def grid_barrier(sync_ptr, pid, nprog):
     if nprog > 1:
         tl.debug_barrier()  # this program's stores are all issued before its release below
         inc = tl.where(pid == 0, (2147483647 - nprog) + 2, 1)
-        old = tl.atomic_add(sync_ptr, inc, sem="release", scope="gpu")
-        cur = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+        old = tl.atomic_add(sync_ptr, inc, sem="release")  # gpu scope, the default
+        cur = tl.atomic_add(sync_ptr, 0, sem="acquire")
         while (cur ^ old) >= 0:  # same top bit: not everyone is here yet
-            cur = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
+            cur = tl.atomic_add(sync_ptr, 0, sem="acquire")
         tl.debug_barrier()

@@ -1,14 +1,25 @@
 """Backend "fused-layers": one Triton kernel per convolution (epilogue fused) and one for the head."""
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from .kernels import conv_tile, head_tile
 from .pack import ConvLayer, PackedNet
 
+_FP16 = torch.float16
 
-@triton.jit
+
+def check_input(x) -> None:
+    """The kernels read x as one FP16 (1, 3, 32, 32) contiguous image: anything else is refused."""
+    if x.dtype is not _FP16 or tuple(x.shape) != (1, 3, 32, 32) or not x.is_contiguous():
+        raise ValueError(f"the fused FastNet takes a contiguous float16 (1, 3, 32, 32) tensor, got "
+                         f"{x.dtype} {tuple(x.shape)}{'' if x.is_contiguous() else ' (not contiguous)'}: "
+                         "convert with x.half().contiguous()")
+
+
+@triton.jit(do_not_specialize=["batch"])  # mirror on and off share compiled code
 def layer_kernel(in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
                  C_IN: tl.constexpr, H_IN: tl.constexpr, C_OUT: tl.constexpr, H_OUT: tl.constexpr,
                  KSIZE: tl.constexpr, PAD: tl.constexpr, POOL: tl.constexpr, RESIDUAL: tl.constexpr,
@@ -18,7 +29,7 @@ def layer_kernel(in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
               KSIZE, PAD, POOL, RESIDUAL, INPUT_NCHW, K_PAD, N_PAD, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch"])  # mirror on and off share compiled code
 def head_kernel(act_ptr, head_ptr, out_ptr, batch, C: tl.constexpr, POSITIONS: tl.constexpr,
                 CLASSES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr):
     head_tile(act_ptr, head_ptr, out_ptr, batch, C, POSITIONS, CLASSES, BLOCK_C, BLOCK_P, BLOCK_J)
@@ -52,6 +63,7 @@ def make_layers_fn(packed: PackedNet, num_warps: int = 4):
     head_const = head_constants(packed)
 
     def fn(x):
+        check_input(x)
         src = x
         for grid, args, const in launches:
             layer_kernel[grid](src, *args, num_warps=num_warps, **const)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .kernels import conv_tile, grid_barrier, head_tile
-from .layers import head_constants
+from .layers import check_input, head_constants
 from .pack import PackedNet
 
 
@@ -44,7 +44,7 @@ def _group(pid, nprog, sync_ptr, batch, in_ptr, wa, ba, aa, wb, bb, ab, wc, bc, 
         _phase(pid, nprog, ab, wc, bc, aa, ac, batch, C, H_OUT, C, H_OUT, 3, 1, 0, 1, 0, KC, NC, BMC, BNC, BKC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch"])  # mirror on and off share compiled code
 def fastnet_kernel(x_ptr, head_ptr, out_ptr, sync_ptr, batch,
                    w0, b0, a0, w1, b1, a1, w2, b2, a2, w3, b3, a3, w4, b4, a4, w5, b5, a5,
                    w6, b6, a6, w7, b7, a7, w8, b8, a8, w9, b9, a9,
@@ -136,6 +136,7 @@ def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps
     grid = (programs,)
 
     def fn(x):
+        check_input(x)
         fastnet_kernel[grid](x, *tail, num_warps=num_warps, **const)
         return packed.logits
 
