@@ -22,13 +22,33 @@ else:  # older releases keep erf among the CUDA libdevice functions only
 
 
 @triton.jit
+def _input_tile(in_ptr, b, ch, cw, m_ok, k, C_IN: tl.constexpr, H_IN: tl.constexpr, KSIZE: tl.constexpr,
+                PAD: tl.constexpr, INPUT_NCHW: tl.constexpr):
+    """The (BLOCK_M, BLOCK_K) implicit-GEMM input tile for conv output positions (ch, cw)."""
+    tap = k // C_IN
+    c = k % C_IN
+    ih = ch[:, None] + (tap // KSIZE)[None, :] - PAD
+    iw = cw[:, None] + (tap % KSIZE)[None, :] - PAD
+    ok = m_ok[:, None] & (k < KSIZE * KSIZE * C_IN)[None, :]
+    ok = ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < H_IN)
+    if INPUT_NCHW:  # the network input: one image, batch row 1 reads it mirrored
+        iw = tl.where(b[:, None] == 1, H_IN - 1 - iw, iw)
+        addr = (c[None, :] * H_IN + ih) * H_IN + iw
+    else:
+        addr = ((b[:, None] * H_IN + ih) * H_IN + iw) * C_IN + c[None, :]
+    # .cg: read through L2 only, never a stale L1 line of a buffer another SM just wrote
+    return tl.load(in_ptr + addr, mask=ok, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
 def conv_tile(tile, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
               C_IN: tl.constexpr, H_IN: tl.constexpr, C_OUT: tl.constexpr, H_OUT: tl.constexpr,
               KSIZE: tl.constexpr, PAD: tl.constexpr, POOL: tl.constexpr, RESIDUAL: tl.constexpr,
               INPUT_NCHW: tl.constexpr, K_PAD: tl.constexpr, N_PAD: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Output tile `tile` of one layer: rows are (batch, row, column) positions of the output map,
-    columns are output channels. With POOL (0 or 1) each row is the max of the 2x2 conv outputs it covers."""
+    columns are output channels. With POOL (0 or 1) each row is the max of the 2x2 conv outputs it
+    covers: four accumulators share each weight tile, so the weights are read once per tile."""
     n_blocks = N_PAD // BLOCK_N
     rows = batch * H_OUT * H_OUT
     m = (tile // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -36,32 +56,24 @@ def conv_tile(tile, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
     m_ok = m < rows
     b = m // (H_OUT * H_OUT)
     r = m % (H_OUT * H_OUT)
-    oh = r // H_OUT
-    ow = r % H_OUT
+    ch = (r // H_OUT) * (1 + POOL)  # top-left conv output position of the (pooled) row
+    cw = (r % H_OUT) * (1 + POOL)
     kk = tl.arange(0, BLOCK_K)
-    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)
-    for p in tl.static_range(1 + 3 * POOL):
-        ch = oh * (1 + POOL) + p // 2
-        cw = ow * (1 + POOL) + p % 2
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K_PAD, BLOCK_K):
-            k = k0 + kk
-            tap = k // C_IN
-            c = k % C_IN
-            ih = ch[:, None] + (tap // KSIZE)[None, :] - PAD
-            iw = cw[:, None] + (tap % KSIZE)[None, :] - PAD
-            ok = m_ok[:, None] & (k < KSIZE * KSIZE * C_IN)[None, :]
-            ok = ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < H_IN)
-            if INPUT_NCHW:  # the network input: one image, batch row 1 reads it mirrored
-                iw = tl.where(b[:, None] == 1, H_IN - 1 - iw, iw)
-                addr = (c[None, :] * H_IN + ih) * H_IN + iw
-            else:
-                addr = ((b[:, None] * H_IN + ih) * H_IN + iw) * C_IN + c[None, :]
-            # .cg: read through L2 only, never a stale L1 line of a buffer another SM just wrote
-            a = tl.load(in_ptr + addr, mask=ok, other=0.0, cache_modifier=".cg")
-            w = tl.load(w_ptr + k[:, None] * N_PAD + n[None, :])
-            acc += tl.dot(a, w)
-        best = tl.maximum(best, acc)
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K_PAD, BLOCK_K):
+        k = k0 + kk
+        w = tl.load(w_ptr + k[:, None] * N_PAD + n[None, :])
+        acc0 += tl.dot(_input_tile(in_ptr, b, ch, cw, m_ok, k, C_IN, H_IN, KSIZE, PAD, INPUT_NCHW), w)
+        if POOL:
+            acc1 += tl.dot(_input_tile(in_ptr, b, ch, cw + 1, m_ok, k, C_IN, H_IN, KSIZE, PAD, INPUT_NCHW), w)
+            acc2 += tl.dot(_input_tile(in_ptr, b, ch + 1, cw, m_ok, k, C_IN, H_IN, KSIZE, PAD, INPUT_NCHW), w)
+            acc3 += tl.dot(_input_tile(in_ptr, b, ch + 1, cw + 1, m_ok, k, C_IN, H_IN, KSIZE, PAD, INPUT_NCHW), w)
+    best = acc0
+    if POOL:
+        best = tl.maximum(tl.maximum(acc0, acc1), tl.maximum(acc2, acc3))
     y = _gelu(best + tl.load(b_ptr + n)[None, :])
     out_ok = m_ok[:, None] & (n < C_OUT)[None, :]
     out_addr = m[:, None] * C_OUT + n[None, :]
