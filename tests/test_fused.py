@@ -264,3 +264,13 @@ def test_bench_table_prints_failed_rows(capsys):
                  {"network": "n", "mirror": True, "path": "p", "status": "ok", "host_p95_ms": 0.0321}])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and "failed" in out[1] and "0.0321" in out[2]
+
+
+def test_bench_runs_the_persistent_kernel_last():
+    from fastcifar.fused.bench import PATHS, plan
+
+    order = plan(["a", "b"], list(PATHS))
+    assert len(order) == 2 * 2 * len(PATHS)
+    kinds = ["persistent" in p for _, _, p in order]
+    assert kinds == sorted(kinds)  # every other path of every network first
+    assert {(n, m) for n, m, p in order if "persistent" in p} == {("a", False), ("a", True), ("b", False), ("b", True)}

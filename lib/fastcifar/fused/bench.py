@@ -117,42 +117,45 @@ def time_path(fn, x, args) -> dict:
     return row
 
 
-def run_network(label, model, args, device, tolerance, deadline, env_cols) -> list[dict]:
+class NetworkData:
+    """A network with its parity inputs and FP32 logits (mirror off and on), computed once."""
+
+    def __init__(self, label, model, parity_n, device):
+        self.label, self.model = label, model
+        self.arch = getattr(model, "arch", {})
+        gen = torch.Generator().manual_seed(0)
+        self.xs = torch.randn(parity_n, 3, 32, 32, generator=gen).to(device)
+        self.example = self.xs[:1].clone()
+        self.want = {mirror: fp32_logits(model, self.xs, mirror) for mirror in (False, True)}
+
+
+def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
+    """Build, check and time one path; a failure becomes the row's status and error."""
     from fastcifar.optimize import Spec, build
 
-    rows = []
-    arch = getattr(model, "arch", {})
-    gen = torch.Generator().manual_seed(0)
-    xs = torch.randn(args.parity_n, 3, 32, 32, generator=gen).to(device)
-    example = xs[:1].clone()
-    for mirror in (False, True):
-        want = fp32_logits(model, xs, mirror)
-        for path, fields in PATHS.items():
-            row = {"network": label, "widths": "/".join(map(str, arch.get("widths", []))),
-                   "convs": arch.get("convs"), "mirror": mirror, "path": path, "status": "ok", "error": "",
-                   "tolerance": tolerance, **env_cols}
-            rows.append(row)
-            if "compile" in path and time.perf_counter() > deadline:
-                row.update(status="skipped", error="time budget spent (--time-budget)")
-                print(f"  {label} mirror={mirror} {path}: skipped (time budget)", flush=True)
-                continue
-            variant = None
-            try:
-                t0 = time.perf_counter()
-                variant = build(model, Spec(precision="fp16", mirror=mirror, **fields), example)
-                torch.cuda.synchronize(device)
-                row["build_s"] = time.perf_counter() - t0
-                row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
-                row["notes"] = "; ".join(variant.notes)
-                row.update(parity(variant, xs, want, tolerance))
-                row.update(time_path(variant.fn, variant.prepare(example), args))
-            except Exception as exc:  # one failed path is a row with its error, not the end of the run
-                row.update(status="failed", error=_error_text(exc))
-            print(f"  {label} mirror={mirror} {path}: {row['status']} {row.get('error', '')}"
-                  f" p95={row.get('host_p95_ms', float('nan')):.4f} ms", flush=True)
-            variant = None  # its graph and buffers go before the next path is built
-            torch.cuda.empty_cache()
-    return rows
+    row = {"network": net.label, "widths": "/".join(map(str, net.arch.get("widths", []))),
+           "convs": net.arch.get("convs"), "mirror": mirror, "path": path, "status": "ok", "error": "",
+           "tolerance": tolerance, **env_cols}
+    if "compile" in path and time.perf_counter() > deadline:
+        row.update(status="skipped", error="time budget spent (--time-budget)")
+    else:
+        variant = None
+        try:
+            t0 = time.perf_counter()
+            variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
+            torch.cuda.synchronize(device)
+            row["build_s"] = time.perf_counter() - t0
+            row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
+            row["notes"] = "; ".join(variant.notes)
+            row.update(parity(variant, net.xs, net.want[mirror], tolerance))
+            row.update(time_path(variant.fn, variant.prepare(net.example), args))
+        except Exception as exc:  # one failed path is a row with its error, not the end of the run
+            row.update(status="failed", error=_error_text(exc))
+        variant = None  # its graph and buffers go before the next path is built
+        torch.cuda.empty_cache()
+    print(f"  {net.label} mirror={mirror} {path}: {row['status']} {row['error']}"
+          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms", flush=True)
+    return row
 
 
 def networks(args):
@@ -175,6 +178,15 @@ def networks(args):
     shapes = SHAPES[:1] if args.quick else SHAPES
     return [(fastnet_label({"widths": w, "convs": c}) + " (random)", random_fastnet(w, c).cuda().eval())
             for w, c in shapes]
+
+
+def plan(nets: list, paths: list[str]) -> list[tuple]:
+    """(network, mirror, path) in run order: the persistent kernel, the one path whose failure mode
+    can be a hang (its grid barrier), runs last, so that everything else is measured and written."""
+    order = sorted(paths, key=lambda p: "persistent" in p)
+    first = [(n, m, p) for n in nets for m in (False, True) for p in order if "persistent" not in p]
+    last = [(n, m, p) for n in nets for m in (False, True) for p in order if "persistent" in p]
+    return first + last
 
 
 class UsageError(Exception):
@@ -203,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=150.0,
                     help="seconds after which torch.compile paths are skipped (the rest always run)")
     ap.add_argument("--quick", action="store_true", help="only the smallest random shape")
+    ap.add_argument("--paths", nargs="+", metavar="TEXT",
+                    help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("fastcifar.fused.bench times CUDA kernels: run it on a machine with a CUDA GPU.", file=sys.stderr)
@@ -220,8 +234,12 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     device = torch.device("cuda")
+    paths = [p for p in PATHS if not args.paths or any(t in p for t in args.paths)]
+    if not paths:
+        print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
+        return 2
     try:
-        nets = networks(args)
+        nets = [NetworkData(label, model, args.parity_n, device) for label, model in networks(args)]
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -230,25 +248,31 @@ def main(argv=None) -> int:
     env_cols = {"device": report["device"], "torch": report["torch"], "triton": triton.__version__,
                 "git_commit": report["git_commit"]}
 
-    rows = []
-    floor, buf = floor_fn(device)
-    floor_row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": "floor: graph of one tiny kernel",
-                 "status": "ok", "error": "", **env_cols}
-    floor_row.update(time_path(floor, buf, args))
-    rows.append(floor_row)
-    deadline = start + args.time_budget
-    for label, model in nets:
-        print(f"{label}", flush=True)
-        rows += run_network(label, model, args, device, TOLERANCE, deadline, env_cols)
-    floor_p95 = floor_row["host_p95_ms"]
-    for r in rows:
-        if "host_p95_ms" in r:
-            r["p95_over_floor"] = r["host_p95_ms"] / floor_p95
-    report["total_s"] = time.perf_counter() - start
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "fused_bench.csv", pd.DataFrame(rows).to_csv(index=False))
+    atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))
+
+    def write(rows):  # after every row: a run stopped midway (a hung kernel) keeps what it measured
+        floor_p95 = rows[0].get("host_p95_ms")
+        for r in rows:
+            if floor_p95 and "host_p95_ms" in r:
+                r["p95_over_floor"] = r["host_p95_ms"] / floor_p95
+        atomic.write_text(out / "fused_bench.csv", pd.DataFrame(rows).to_csv(index=False))
+
+    floor_row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": "floor: graph of one tiny kernel",
+                 "status": "ok", "error": "", **env_cols}
+    try:
+        floor, buf = floor_fn(device)
+        floor_row.update(time_path(floor, buf, args))
+    except Exception as exc:
+        floor_row.update(status="failed", error=_error_text(exc))
+    rows = [floor_row]
+    write(rows)
+    deadline = start + args.time_budget
+    for net, mirror, path in plan(nets, paths):
+        rows.append(run_path(net, mirror, path, args, device, TOLERANCE, deadline, env_cols))
+        write(rows)
+    report["total_s"] = time.perf_counter() - start
     atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))
     print(f"wrote {out / 'fused_bench.csv'} and {out / 'fused_bench_env.json'} in {report['total_s']:.0f} s")
     print_table(rows)
