@@ -32,34 +32,38 @@ TOLERANCE = 2e-2
 KERNEL_TOLERANCE = 2e-3
 
 
-def make_fn(packed: PackedNet, backend: str, programs: int | None = None):
+def make_fn(packed: PackedNet, backend: str, programs: int | None = None, num_warps: int = 4):
     """The callable for `backend` over an already packed net (CUDA tensors, or CPU ones when
     TRITON_INTERPRET=1 is set before Triton is imported)."""
     if backend == "fused-layers":
         from .layers import make_layers_fn
 
-        return make_layers_fn(packed)
+        return make_layers_fn(packed, num_warps=num_warps)
     if backend == "fused-persistent":
         from .persistent import make_persistent_fn
 
-        return make_persistent_fn(packed, programs=programs)
+        return make_persistent_fn(packed, programs=programs, num_warps=num_warps)
     raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
 
 
-def build(model, backend: str, example, mirror: bool = False, programs: int | None = None):
+def build(model, backend: str, example, mirror: bool = False, programs: int | None = None, num_warps: int = 4,
+          target_tiles: int = 64):
     """Pack a FastNet (its BatchNorms folded here if they are not yet) for `backend` ("fused-layers"
     or "fused-persistent") and return (fn, notes).
 
     fn maps a (1, 3, 32, 32) FP16 contiguous CUDA tensor to (1, num_classes) FP32 logits, with the
     mirror (flip TTA) inside when `mirror`. It allocates nothing and never synchronises, so it can be
     captured in a CUDA graph; it returns its own output buffer, overwritten by the next call (clone
-    what you keep). The first call compiles the kernels; build makes that call on `example`."""
+    what you keep). The first call compiles the kernels; build makes that call on `example`.
+
+    Tuning knobs: `programs` (persistent grid; default min(SMs, most tiles of a layer)), `num_warps`
+    per program, `target_tiles` (how finely layers are split, see pack.tile_sizes)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
         raise ValueError("the fused kernels run on CUDA: pass a CUDA example input")
-    packed = pack(model, mirror=mirror, device=example.device)
-    fn = make_fn(packed, backend, programs=programs)
+    packed = pack(model, mirror=mirror, device=example.device, target_tiles=target_tiles)
+    fn = make_fn(packed, backend, programs=programs, num_warps=num_warps)
     x = example.to(torch.float16).contiguous()
     t0 = time.perf_counter()
     fn(x)  # compiles every kernel once, outside any timed loop or graph capture

@@ -109,11 +109,12 @@ def tile_sizes(rows: int, c_in: int, c_out: int, target_tiles: int = 64) -> tupl
     return block_m, block_n, block_k
 
 
-def _conv_layer(conv: nn.Conv2d, h_in: int, pad: int, pool: bool, skip, batch: int, input_nchw=False) -> ConvLayer:
+def _conv_layer(conv: nn.Conv2d, h_in: int, pad: int, pool: bool, skip, batch: int, input_nchw=False,
+                target_tiles: int = 64) -> ConvLayer:
     c_out, c_in, ksize, _ = conv.weight.shape
     probe = ConvLayer(c_in, c_out, h_in, ksize, pad, pool, skip, 0, 0, 0, torch.empty(0, 0), torch.empty(0))
     rows = batch * probe.h_out ** 2
-    block_m, block_n, block_k = tile_sizes(rows, c_in, c_out)
+    block_m, block_n, block_k = tile_sizes(rows, c_in, c_out, target_tiles)
     k = ksize * ksize * c_in
     w = torch.zeros(_round_up(k, block_k), _round_up(c_out, block_n), dtype=torch.float16,
                     device=conv.weight.device)
@@ -135,15 +136,16 @@ def folded(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def pack(model: nn.Module, mirror: bool = False, device=None) -> PackedNet:
-    """Pack a FastNet (folded here if needed) for the fused kernels, with its activation buffers."""
+def pack(model: nn.Module, mirror: bool = False, device=None, target_tiles: int = 64) -> PackedNet:
+    """Pack a FastNet (folded here if needed) for the fused kernels, with its activation buffers.
+    `target_tiles` sets how finely each layer is split (see tile_sizes)."""
     model = folded(model)
     device = torch.device(device) if device is not None else model.whiten.weight.device
     batch = 2 if mirror else 1
     whiten = model.whiten
     if whiten.kernel_size != (2, 2) or whiten.padding != (0, 0) or whiten.in_channels != 3:
         raise ValueError("the fused kernels expect FastNet's 2x2, unpadded, 3-channel whitening conv")
-    layers = [_conv_layer(whiten, 32, 0, False, None, batch, input_nchw=True)]
+    layers = [_conv_layer(whiten, 32, 0, False, None, batch, input_nchw=True, target_tiles=target_tiles)]
     convs = len(model.groups[0].convs)
     for group in model.groups:
         if len(group.convs) != convs:
@@ -154,7 +156,8 @@ def pack(model: nn.Module, mirror: bool = False, device=None) -> PackedNet:
             if not isinstance(group.norms[i], nn.Identity):
                 raise ValueError("pack a folded FastNet (fold_batchnorm) or let pack fold it")
             skip = first if (convs == 3 and i == 2) else None
-            layers.append(_conv_layer(conv, h if i == 0 else layers[-1].h_out, 1, i == 0, skip, batch))
+            layers.append(_conv_layer(conv, h if i == 0 else layers[-1].h_out, 1, i == 0, skip, batch,
+                                      target_tiles=target_tiles))
     layers = [ConvLayer(**{**l.__dict__, "weight": l.weight.to(device), "bias": l.bias.to(device)})
               for l in layers]
     head_w = model.head.weight.detach()  # already multiplied by head_scale in the folded model
