@@ -129,6 +129,22 @@ class NetworkData:
         self.want = {mirror: fp32_logits(model, self.xs, mirror) for mirror in (False, True)}
 
 
+PROGRAMS_PATH = "fused-persistent graph programs={}"
+
+
+def persistent_with_programs(net: "NetworkData", mirror: bool, programs: int):
+    """The persistent kernel on a chosen grid size, replayed from a CUDA graph (a tuning row)."""
+    from fastcifar.optimize import Spec, Variant, capture_cuda_graph
+
+    from . import build as build_fused
+
+    spec = Spec(precision="fp16", mirror=mirror, backend="fused-persistent", cuda_graph=True)
+    fn, notes = build_fused(net.model, "fused-persistent", net.example.half(), mirror=mirror, programs=programs)
+    variant = Variant(spec, fn, net.model, torch.float16, torch.contiguous_format, notes=list(notes))
+    variant.fn = capture_cuda_graph(fn, variant.prepare(net.example))
+    return variant
+
+
 def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
     """Build, check and time one path; a failure becomes the row's status and error."""
     from fastcifar.optimize import Spec, build
@@ -142,7 +158,10 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
         variant = None
         try:
             t0 = time.perf_counter()
-            variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
+            if path in PATHS:
+                variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
+            else:
+                variant = persistent_with_programs(net, mirror, int(path.rsplit("=", 1)[1]))
             torch.cuda.synchronize(device)
             row["build_s"] = time.perf_counter() - t0
             row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
@@ -215,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=150.0,
                     help="seconds after which torch.compile paths are skipped (the rest always run)")
     ap.add_argument("--quick", action="store_true", help="only the smallest random shape")
+    ap.add_argument("--programs", type=int, nargs="+", default=[], metavar="N",
+                    help="extra rows: the persistent kernel in a CUDA graph on a grid of N programs")
     ap.add_argument("--paths", nargs="+", metavar="TEXT",
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
@@ -235,6 +256,11 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     device = torch.device("cuda")
     paths = [p for p in PATHS if not args.paths or any(t in p for t in args.paths)]
+    if any(n < 1 or n > torch.cuda.get_device_properties(0).multi_processor_count for n in args.programs):
+        print("--programs takes grid sizes from 1 to the number of SMs (all programs must be resident).",
+              file=sys.stderr)
+        return 2
+    paths += [PROGRAMS_PATH.format(n) for n in args.programs]
     if not paths:
         print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
         return 2
