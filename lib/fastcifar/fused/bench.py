@@ -1,0 +1,309 @@
+"""GPU benchmark of the fused FastNet backends against PyTorch, on random or trained weights.
+
+    python -m fastcifar.fused.bench --out DIR [--checkpoint PATH] [--quick]
+
+For each network (random FastNets of three shapes, or the checkpoint's) and mirror off/on it checks
+parity against the FP32 model (max error relative to max |logit|, argmax agreement on random inputs),
+then times every path with fastcifar.bench.benchmark_latency: PyTorch FP16 + BN folded + CUDA graph,
+the same + compile(default), fused-layers and fused-persistent (direct and in a CUDA graph), and a
+CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
+Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+SHAPES = (((32, 64, 128), 2), ((64, 256, 256), 2), ((128, 384, 512), 3))
+
+PATHS = {  # name -> Spec fields (besides mirror); all FP16
+    "torch fp16 folded graph": dict(fold_bn=True, cuda_graph=True),
+    "torch fp16 folded compile graph": dict(fold_bn=True, compile_mode="default", cuda_graph=True),
+    "fused-layers direct": dict(backend="fused-layers"),
+    "fused-layers graph": dict(backend="fused-layers", cuda_graph=True),
+    "fused-persistent direct": dict(backend="fused-persistent"),
+    "fused-persistent graph": dict(backend="fused-persistent", cuda_graph=True),
+}
+
+
+def fp32_logits(model, xs: torch.Tensor, mirror: bool) -> torch.Tensor:
+    """The FP32 model's logits (TF32 convolutions off), averaged with the mirror when asked."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = torch.cat([model(xs[i:i + 250]) for i in range(0, len(xs), 250)])
+            if mirror:
+                flipped = xs.flip(3)
+                out = (out + torch.cat([model(flipped[i:i + 250]) for i in range(0, len(xs), 250)])) / 2
+        return out
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def parity(variant, xs: torch.Tensor, want: torch.Tensor, tolerance: float) -> dict:
+    """Worst |logit error| / max |logit| over the inputs, argmax agreement over all inputs and over the
+    decisive ones (top-2 margin above twice the tolerance, which no FP16 error within it can flip)."""
+    worst, agree, decisive, decisive_agree = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for i in range(len(xs)):
+            got = variant(variant.prepare(xs[i:i + 1]))[0].float()
+            w = want[i]
+            scale = w.abs().max()
+            worst = max(worst, ((got - w).abs().max() / scale).item())
+            same = bool(got.argmax() == w.argmax())
+            agree += same
+            top2 = w.topk(2).values
+            if top2[0] - top2[1] > 2 * tolerance * scale:
+                decisive += 1
+                decisive_agree += same
+    return {"max_rel_err": worst, "argmax_agree": agree / len(xs), "decisive_inputs": decisive,
+            "decisive_argmax_agree": decisive_agree / decisive if decisive else float("nan"),
+            "within_tolerance": worst <= tolerance}
+
+
+def kernels_per_call(fn, x, calls: int = 5) -> float:
+    """CUDA kernels (and copies) the profiler sees per call."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        fn(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn(x)
+            torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA) / calls
+
+
+def floor_fn(device):
+    """A CUDA-graph replay of one tiny kernel: the least any graphed path can cost."""
+    buf = torch.zeros(1, device=device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        buf.add_(1)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        buf.add_(1)
+
+    def replay(_x):
+        graph.replay()
+        return buf
+
+    return replay, buf
+
+
+def _error_text(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+
+
+def time_path(fn, x, args) -> dict:
+    from fastcifar.bench import benchmark_latency
+
+    res = benchmark_latency(fn, x, warmup_iters=args.warmup, measure_iters=args.iters)
+    row = {"host_p50_ms": res.host.p50, "host_p95_ms": res.host.p95, "host_mean_ms": res.host.mean}
+    if res.gpu is not None:
+        row.update(gpu_p50_ms=res.gpu.p50, gpu_mean_ms=res.gpu.mean)
+    row["kernels_per_call"] = kernels_per_call(fn, x)
+    return row
+
+
+class NetworkData:
+    """A network with its parity inputs and FP32 logits (mirror off and on), computed once."""
+
+    def __init__(self, label, model, parity_n, device):
+        self.label, self.model = label, model
+        self.arch = getattr(model, "arch", {})
+        gen = torch.Generator().manual_seed(0)
+        self.xs = torch.randn(parity_n, 3, 32, 32, generator=gen).to(device)
+        self.example = self.xs[:1].clone()
+        self.want = {mirror: fp32_logits(model, self.xs, mirror) for mirror in (False, True)}
+
+
+PROGRAMS_PATH = "fused-persistent graph programs={}"
+
+
+def persistent_with_programs(net: "NetworkData", mirror: bool, programs: int):
+    """The persistent kernel on a chosen grid size, replayed from a CUDA graph (a tuning row)."""
+    from fastcifar.optimize import Spec, Variant, capture_cuda_graph
+
+    from . import build as build_fused
+
+    spec = Spec(precision="fp16", mirror=mirror, backend="fused-persistent", cuda_graph=True)
+    fn, notes = build_fused(net.model, "fused-persistent", net.example.half(), mirror=mirror, programs=programs)
+    variant = Variant(spec, fn, net.model, torch.float16, torch.contiguous_format, notes=list(notes))
+    variant.fn = capture_cuda_graph(fn, variant.prepare(net.example))
+    return variant
+
+
+def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
+    """Build, check and time one path; a failure becomes the row's status and error."""
+    from fastcifar.optimize import Spec, build
+
+    row = {"network": net.label, "widths": "/".join(map(str, net.arch.get("widths", []))),
+           "convs": net.arch.get("convs"), "mirror": mirror, "path": path, "status": "ok", "error": "",
+           "tolerance": tolerance, **env_cols}
+    if "compile" in path and time.perf_counter() > deadline:
+        row.update(status="skipped", error="time budget spent (--time-budget)")
+    else:
+        variant = None
+        try:
+            t0 = time.perf_counter()
+            if path in PATHS:
+                variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
+            else:
+                variant = persistent_with_programs(net, mirror, int(path.rsplit("=", 1)[1]))
+            torch.cuda.synchronize(device)
+            row["build_s"] = time.perf_counter() - t0
+            row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
+            row["notes"] = "; ".join(variant.notes)
+            row.update(parity(variant, net.xs, net.want[mirror], tolerance))
+            row.update(time_path(variant.fn, variant.prepare(net.example), args))
+        except Exception as exc:  # one failed path is a row with its error, not the end of the run
+            row.update(status="failed", error=_error_text(exc))
+        variant = None  # its graph and buffers go before the next path is built
+        torch.cuda.empty_cache()
+    print(f"  {net.label} mirror={mirror} {path}: {row['status']} {row['error']}"
+          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms", flush=True)
+    return row
+
+
+def networks(args):
+    """(label, FP32 CUDA model) pairs: the checkpoint's, or random FastNets of SHAPES."""
+    from fastcifar.models import FastNet, fastnet_label
+
+    if args.checkpoint:
+        from fastcifar.train import CheckpointError, load_model
+
+        try:
+            model, _ = load_model(args.checkpoint, device="cuda")
+        except (CheckpointError, OSError) as exc:
+            raise UsageError(f"cannot load --checkpoint {args.checkpoint}: {exc}") from exc
+        if not isinstance(model, FastNet):
+            raise UsageError(f"--checkpoint must hold a FastNet (fastcifar.train.save_checkpoint of one), "
+                             f"got a {type(model).__name__}")
+        return [(fastnet_label(model.arch) + " (checkpoint)", model)]
+    from .samples import random_fastnet
+
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    return [(fastnet_label({"widths": w, "convs": c}) + " (random)", random_fastnet(w, c).cuda().eval())
+            for w, c in shapes]
+
+
+def plan(nets: list, paths: list[str]) -> list[tuple]:
+    """(network, mirror, path) in run order: the persistent kernel, the one path whose failure mode
+    can be a hang (its grid barrier), runs last, so that everything else is measured and written."""
+    order = sorted(paths, key=lambda p: "persistent" in p)
+    first = [(n, m, p) for n in nets for m in (False, True) for p in order if "persistent" not in p]
+    last = [(n, m, p) for n in nets for m in (False, True) for p in order if "persistent" in p]
+    return first + last
+
+
+class UsageError(Exception):
+    pass
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = [("network", 30), ("mirror", 6), ("path", 32), ("status", 7), ("host_p50_ms", 8), ("host_p95_ms", 8),
+            ("gpu_p50_ms", 8), ("kernels_per_call", 7), ("max_rel_err", 9), ("argmax_agree", 7)]
+    print(" ".join(f"{c[:w]:>{w}}" for c, w in cols))
+    for r in rows:
+        cells = []
+        for c, w in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:>{w}.4g}" if isinstance(v, float) else f"{str(v)[:w]:>{w}}")
+        print(" ".join(cells))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for fused_bench.csv and fused_bench_env.json")
+    ap.add_argument("--checkpoint", help="a FastNet checkpoint (fastcifar.train.save_checkpoint) instead of random nets")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--parity-n", type=int, default=1000, help="random inputs for the parity check")
+    ap.add_argument("--time-budget", type=float, default=150.0,
+                    help="seconds after which torch.compile paths are skipped (the rest always run)")
+    ap.add_argument("--quick", action="store_true", help="only the smallest random shape")
+    ap.add_argument("--programs", type=int, nargs="+", default=[], metavar="N",
+                    help="extra rows: the persistent kernel in a CUDA graph on a grid of N programs")
+    ap.add_argument("--paths", nargs="+", metavar="TEXT",
+                    help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("fastcifar.fused.bench times CUDA kernels: run it on a machine with a CUDA GPU.", file=sys.stderr)
+        return 2
+    if args.warmup < 0 or args.iters < 1 or args.parity_n < 1:
+        print("--warmup must be >= 0, --iters and --parity-n >= 1.", file=sys.stderr)
+        return 2
+
+    import pandas as pd
+    import triton
+
+    from fastcifar import atomic, env
+
+    from . import TOLERANCE
+
+    start = time.perf_counter()
+    device = torch.device("cuda")
+    paths = [p for p in PATHS if not args.paths or any(t in p for t in args.paths)]
+    if any(n < 1 or n > torch.cuda.get_device_properties(0).multi_processor_count for n in args.programs):
+        print("--programs takes grid sizes from 1 to the number of SMs (all programs must be resident).",
+              file=sys.stderr)
+        return 2
+    paths += [PROGRAMS_PATH.format(n) for n in args.programs]
+    if not paths:
+        print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
+        return 2
+    try:
+        nets = [NetworkData(label, model, args.parity_n, device) for label, model in networks(args)]
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    report = env.environment_report(device)
+    report["triton"] = triton.__version__
+    env_cols = {"device": report["device"], "torch": report["torch"], "triton": triton.__version__,
+                "git_commit": report["git_commit"]}
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))
+
+    def write(rows):  # after every row: a run stopped midway (a hung kernel) keeps what it measured
+        floor_p95 = rows[0].get("host_p95_ms")
+        for r in rows:
+            if floor_p95 and "host_p95_ms" in r:
+                r["p95_over_floor"] = r["host_p95_ms"] / floor_p95
+        atomic.write_text(out / "fused_bench.csv", pd.DataFrame(rows).to_csv(index=False))
+
+    floor_row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": "floor: graph of one tiny kernel",
+                 "status": "ok", "error": "", **env_cols}
+    try:
+        floor, buf = floor_fn(device)
+        floor_row.update(time_path(floor, buf, args))
+    except Exception as exc:
+        floor_row.update(status="failed", error=_error_text(exc))
+    rows = [floor_row]
+    write(rows)
+    deadline = start + args.time_budget
+    for net, mirror, path in plan(nets, paths):
+        rows.append(run_path(net, mirror, path, args, device, TOLERANCE, deadline, env_cols))
+        write(rows)
+    report["total_s"] = time.perf_counter() - start
+    atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))
+    print(f"wrote {out / 'fused_bench.csv'} and {out / 'fused_bench_env.json'} in {report['total_s']:.0f} s")
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
