@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--widths", type=int, nargs=3, default=[16, 16, 32])
     parser.add_argument("--convs", type=int, default=2, choices=(2, 3))
     parser.add_argument("--mirror", action="store_true")
+    parser.add_argument("--seeds", type=int, default=2, help="random inputs per backend")
     parser.add_argument("--backends", nargs="+", default=["fused-layers", "fused-persistent"])
     args = parser.parse_args(argv)
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     for backend in args.backends:
         packed = pack(model, mirror=args.mirror)
         fn = make_fn(packed, backend, programs=1)  # the interpreter runs programs one after another
-        for seed in (1, 2):
+        for seed in range(1, args.seeds + 1):
             torch.manual_seed(seed)
             x = torch.randn(1, 3, 32, 32).to(torch.float16)
             got = fn(x).clone()
