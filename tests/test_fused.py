@@ -141,7 +141,10 @@ def _interpret(*args: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("args", [["--convs", "2", "--widths", "16", "32", "32", "--seeds", "2"],
-                                  ["--convs", "3", "--widths", "16", "16", "16", "--mirror", "--seeds", "1"]])
+                                  ["--convs", "3", "--widths", "16", "16", "16", "--mirror", "--seeds", "1"],
+                                  # the largest tiles: several channel blocks, block_n 32 and 64
+                                  ["--convs", "3", "--widths", "16", "32", "64", "--mirror", "--seeds", "1",
+                                   "--target-tiles", "1"]])
 def test_triton_kernels_under_the_interpreter_match_the_reference(args):
     rows = _interpret(*args)
     assert {r["backend"] for r in rows} == {"fused-layers", "fused-persistent"}
