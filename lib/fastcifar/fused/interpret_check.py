@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--widths", type=int, nargs=3, default=[16, 16, 32])
     parser.add_argument("--convs", type=int, default=2, choices=(2, 3))
     parser.add_argument("--mirror", action="store_true")
+    parser.add_argument("--target-tiles", type=int, default=64, help="see pack.tile_sizes (1: largest tiles)")
+    parser.add_argument("--seeds", type=int, default=2, help="random inputs per backend")
     parser.add_argument("--backends", nargs="+", default=["fused-layers", "fused-persistent"])
     args = parser.parse_args(argv)
 
@@ -30,9 +32,9 @@ def main(argv=None) -> int:
     model = random_fastnet(tuple(args.widths), args.convs)
     ok = True
     for backend in args.backends:
-        packed = pack(model, mirror=args.mirror)
+        packed = pack(model, mirror=args.mirror, target_tiles=args.target_tiles)
         fn = make_fn(packed, backend, programs=1)  # the interpreter runs programs one after another
-        for seed in (1, 2):
+        for seed in range(1, args.seeds + 1):
             torch.manual_seed(seed)
             x = torch.randn(1, 3, 32, 32).to(torch.float16)
             got = fn(x).clone()
