@@ -99,15 +99,45 @@ def _layout(name: str) -> Layout:
     return LAYOUTS[name]
 
 
+# What the CIFAR python pickles hold: dicts, lists, str, bytes, numbers and numpy arrays. Arrays are
+# rebuilt through these numpy functions (numpy 1 and 2 module names, in-band protocol 5 included);
+# nothing else may be imported while unpickling, so a crafted file cannot call os.system & co.
+_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                  "numpy._core.numeric")
+_NUMPY_NAMES = ("_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer")
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Python 3 pickles bytes with protocol < 3 as _codecs.encode(text, 'latin1'); admit only that codec."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not admitted")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
+            return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR file never holds "
+                                     "(only numpy arrays, lists, dicts, str, bytes and numbers are admitted)")
+
+
+def restricted_load(f) -> object:
+    """Unpickle a CIFAR file object admitting only the types those files hold."""
+    return _CifarUnpickler(f, encoding="latin1").load()
+
+
 def _unpickle(path: Path, name: str) -> dict:
     if not path.is_file():
         raise DataError(f"{name}: missing file {path}. " + _how_to_get(name, path.parent))
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, IndexError) as exc:
-        raise DataError(f"{name}: {path} is damaged ({type(exc).__name__}: {exc}); delete "
-                        f"{path.parent} and get it again. " + _how_to_get(name, path.parent)) from exc
+            entry = restricted_load(f)
+    except Exception as exc:  # every unpickling failure (also OverflowError, MemoryError, ImportError, ...)
+        raise DataError(f"{name}: {path} is damaged or not a CIFAR pickle ({type(exc).__name__}: {exc}); "
+                        f"delete {path.parent} and get it again. " + _how_to_get(name, path.parent)) from exc
     if not isinstance(entry, dict):
         raise DataError(f"{name}: {path} holds a {type(entry).__name__}, expected a dict of arrays")
     # Official files are Python 2 pickles with bytes keys; rebuilt ones use str keys.
