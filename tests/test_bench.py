@@ -319,3 +319,26 @@ def test_protocol_markdown_mentions_settings():
     assert all(line.startswith("|") and line.endswith("|") for line in md.strip().splitlines())
 
 
+
+
+def test_missing_numbers_are_nan_and_read_back_as_numbers(tmp_path):
+    import math
+
+    import pandas as pd
+
+    row = bench.check_row({"id": "a"})
+    assert all(isinstance(row[c], float) and math.isnan(row[c]) for c in bench.NUMERIC_COLUMNS)
+    assert row["notes"] == "" and row["compile_mode"] == ""
+    path = bench.write_results(tmp_path / "r.csv", [{"id": "a", "lat_p95_ms": 1.0, "compile_s": float("nan")},
+                                                    {"id": "b"}])
+    df = bench.read_results(path)
+    for column in bench.NUMERIC_COLUMNS:
+        assert pd.api.types.is_numeric_dtype(df[column]), column
+    assert df.lat_p95_ms.iloc[0] == 1.0 and np.isnan(df.compile_s.iloc[0])
+
+
+def test_text_in_a_number_column_is_an_error(tmp_path):
+    path = bench.write_results(tmp_path / "r.csv", [{"id": "a", "lat_p95_ms": 1.0}])
+    path.write_text(path.read_text().replace(",1.0,", ",fast,"))
+    with pytest.raises(ValueError, match="'lat_p95_ms' must hold numbers"):
+        bench.read_results(path)

@@ -93,10 +93,10 @@ def test_aggregate_runs():
     assert b["lat_p95_ms"] == pytest.approx(2.2)
     assert b["gpu_p95_ms"] == pytest.approx(2.0)
     assert b["p95_spread_pct"] == pytest.approx(20.0)
-    assert b["run"] == "mean of 3"
+    assert b["runs"] == 3 and np.isnan(b["run"])
     assert b["variant"] == "fp16" and b["accuracy"] == 90.0
     a = out.iloc[1]
-    assert a["lat_p95_ms"] == pytest.approx(4.0) and a["p95_spread_pct"] == 0.0 and a["run"] == "mean of 1"
+    assert a["lat_p95_ms"] == pytest.approx(4.0) and a["p95_spread_pct"] == 0.0 and a["runs"] == 1
     assert len(df) == 4  # input untouched
 
 

@@ -32,6 +32,9 @@ RESULT_COLUMNS = [
 # Read back as text, so ids like "007" and versions like "12.10" survive a rewrite of the CSV.
 TEXT_COLUMNS = ("id", "variant", "model", "precision", "memory_format", "compile_mode", "notes", "profile",
                 "device_name", "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp")
+FLAG_COLUMNS = ("cuda_graph", "fold_bn")  # True/False
+# Everything else is a number; a figure that does not exist is NaN (an empty CSV cell), never "".
+NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in TEXT_COLUMNS and c not in FLAG_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def check_row(row: dict) -> dict:
     unknown = set(row) - set(RESULT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown result columns {sorted(unknown)}; allowed: {RESULT_COLUMNS}")
-    return {c: row.get(c, "") for c in RESULT_COLUMNS}
+    return {c: row.get(c, float("nan") if c in NUMERIC_COLUMNS else "") for c in RESULT_COLUMNS}
 
 
 def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Path:
@@ -194,7 +197,8 @@ def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Pa
     if path.is_file():
         old = read_results(path)
         if replace is not None:
-            old = old[~old[replace].astype(str).isin(new[replace].astype(str))]
+            key = (lambda col: col.astype(float)) if replace in NUMERIC_COLUMNS else (lambda col: col.astype(str))
+            old = old[~key(old[replace]).isin(key(new[replace]))]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
     with atomic.atomic_path(path) as tmp:
         new.to_csv(tmp, index=False)
@@ -209,7 +213,22 @@ def read_results(path: str | Path):
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a results CSV: missing columns {missing}")
-    return df[RESULT_COLUMNS]
+    return numeric_columns(df[RESULT_COLUMNS].copy(), source=path)
+
+
+def numeric_columns(df, source="results"):
+    """`df` with every NUMERIC_COLUMNS column as numbers (empty cells and "" become NaN); text in one
+    of them is an error naming the column, not a silent NaN."""
+    import pandas as pd
+
+    for c in NUMERIC_COLUMNS:
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+            values = df[c].replace("", np.nan)
+            try:
+                df[c] = pd.to_numeric(values)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{source}: column {c!r} must hold numbers ({exc})") from exc
+    return df
 
 
 def protocol_markdown(warmup_iters: int, measure_iters: int, device: str, runs: int = 3) -> str:

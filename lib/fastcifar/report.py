@@ -44,14 +44,18 @@ def aggregate_runs(df):
     """One row per id from repeated runs: latency columns averaged, p95 spread across runs added."""
     import pandas as pd
 
-    numeric = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
+    from .bench import numeric_columns
+
+    df = numeric_columns(df.copy())
+    timing = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
     out = []
     for vid, group in df.groupby("id", sort=False):
         row = group.iloc[0].copy()
-        for c in numeric:
-            row[c] = pd.to_numeric(group[c], errors="coerce").mean()
-        p95 = pd.to_numeric(group["lat_p95_ms"], errors="coerce")
-        row["run"] = f"mean of {len(group)}"
+        for c in timing:
+            row[c] = pd.to_numeric(group[c]).mean()
+        p95 = pd.to_numeric(group["lat_p95_ms"])
+        row["run"] = np.nan  # an aggregate of several runs; `runs` says how many (run stays a number column)
+        row["runs"] = len(group)
         row["p95_spread_pct"] = 100 * (p95.max() - p95.min()) / p95.min() if len(group) > 1 else 0.0
         out.append(row)
     return pd.DataFrame(out).reset_index(drop=True)
