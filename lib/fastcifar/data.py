@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import env
+from . import atomic, env
 
 # J1 card 2 gives these for CIFAR-10 (per-pixel std); the CIFAR-100 report gives its own.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -401,6 +401,26 @@ class TorchvisionSplit(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform else img), int(self.split.labels[i])
 
 
+WORK_FOLDER_PREFIXES = (".rebuild-", ".download-")  # temporary folders of rebuild_from_shared / download_cifar
+
+
+def stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Temporary folders (up to 180 MB each) left in the data folder by a rebuild or download that was
+    killed before it could clean up."""
+    base = env.data_dir(data_dir)
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith(WORK_FOLDER_PREFIXES))
+
+
+def remove_stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove what `stale_work_folders` finds (one rebuild or download at a time per data folder)."""
+    stale = stale_work_folders(data_dir)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
     """Build cifar-10-batches-py from the JPEG copy's script (used by `make data` and CI)."""
     import subprocess
@@ -411,6 +431,7 @@ def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathL
         raise DataError(f"no {script}: cannot rebuild CIFAR-10 without the shared JPEG copy")
     base = env.data_dir(data_dir)
     base.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_folders(base)
     with tempfile.TemporaryDirectory(dir=base, prefix=".rebuild-") as tmp:
         subprocess.run([sys.executable, str(script), tmp], check=True, stdout=subprocess.DEVNULL)
         target = base / LAYOUTS["cifar10"].folder
@@ -435,6 +456,7 @@ def main(argv=None) -> None:
         else:
             print(f"built {rebuild_from_shared(args.from_shared, args.data_dir)}")
     if args.download:
+        remove_stale_work_folders(args.data_dir)
         print(f"downloaded {download_cifar(args.download, args.data_dir)}")
     for name in LAYOUTS:
         if (env.data_dir(args.data_dir) / LAYOUTS[name].folder).is_dir():
@@ -442,4 +464,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with atomic.signals_raise():  # SIGTERM cleans up the temporary folder as Ctrl-C does
+        main()

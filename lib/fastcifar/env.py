@@ -147,13 +147,17 @@ PROFILES = {
 }
 
 
+class ProfileError(RuntimeError, ValueError):
+    """A profile that does not exist or cannot run here (a user's choice, reported in one line)."""
+
+
 def resolve_profile(requested: str = "auto") -> Profile:
     if requested == "auto":
         return PROFILES["full" if torch.cuda.is_available() else "smoke"]
     if requested not in PROFILES:
-        raise ValueError(f"profile must be 'auto', 'full' or 'smoke', not {requested!r}")
+        raise ProfileError(f"profile must be 'auto', 'full' or 'smoke', not {requested!r}")
     if requested == "full" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'full' measures GPU latency and needs a CUDA GPU, and none is "
+        raise ProfileError("profile 'full' measures GPU latency and needs a CUDA GPU, and none is "
                            "visible; use profile='smoke' (or 'auto') on this machine")
     return PROFILES[requested]
 
