@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -342,3 +344,39 @@ def test_text_in_a_number_column_is_an_error(tmp_path):
     path.write_text(path.read_text().replace(",1.0,", ",fast,"))
     with pytest.raises(ValueError, match="'lat_p95_ms' must hold numbers"):
         bench.read_results(path)
+
+
+def _variant_on(device):
+    from fastcifar import optimize
+
+    module = torch.nn.Linear(4, 2).to(device)
+    return optimize.Variant(optimize.Spec(), module, module, torch.float32, torch.contiguous_format)
+
+
+def _closure_over(module):
+    def call(x):
+        return module(x)
+    return call
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _variant_on("meta"),  # an optimize.Variant
+    lambda: _closure_over(torch.nn.Linear(4, 2).to("meta")),  # a plain function using a module
+    lambda: functools.partial(torch.nn.functional.linear, weight=torch.zeros(2, 4, device="meta")),
+    lambda: torch.nn.Linear(4, 2).to("meta").forward,  # a bound method
+])
+def test_device_check_sees_through_any_callable(make):
+    model = make()
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(model, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False)
+
+
+def test_device_check_accepts_a_callable_on_the_inputs_device():
+    res = bench.benchmark_latency(_variant_on("cpu"), torch.zeros(1, 4), 1, 2, sync=lambda: None, events=False)
+    assert res.host.n == 2
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_a_callable_that_moves_data_between_devices_is_refused(warmup):
+    with pytest.raises(ValueError, match="moves data between devices"):
+        bench.benchmark_latency(lambda x: x.to("meta"), torch.zeros(1, 4), warmup, 2, sync=lambda: None, events=False)

@@ -9,6 +9,7 @@ The host figures are the headline (`lat_*`); the event figures are reported besi
 """
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from dataclasses import dataclass, field
@@ -79,15 +80,52 @@ class BenchResult:
         return row
 
 
+def _first_tensor(obj, depth: int = 0) -> torch.Tensor | None:
+    """A parameter, buffer or tensor that `obj` computes with: an nn.Module's, a Variant's module, or
+    what a function, bound method or functools.partial holds (closure cells, arguments)."""
+    if depth > 3 or obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, torch.nn.Module):
+        found = next(iter(obj.parameters()), None)
+        return found if found is not None else next(iter(obj.buffers()), None)
+    seen = []
+    module = getattr(obj, "module", None)  # optimize.Variant and wrappers alike
+    if isinstance(module, torch.nn.Module):
+        seen.append(module)
+    if isinstance(obj, functools.partial):
+        seen += [obj.func, *obj.args, *obj.keywords.values()]
+    seen += [getattr(obj, "__self__", None), getattr(obj, "__wrapped__", None), getattr(obj, "fn", None)]
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            seen.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    seen += [v for v in (getattr(obj, "__defaults__", None) or ()) if isinstance(v, (torch.Tensor, torch.nn.Module))]
+    for item in seen:
+        if item is not None and item is not obj and (isinstance(item, (torch.Tensor, torch.nn.Module))
+                                                     or callable(item)):
+            found = _first_tensor(item, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def _device_of(model, inputs: torch.Tensor) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        tensor = next(iter(model.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(model.buffers()), None)
-        if tensor is not None and tensor.device != inputs.device:
-            raise ValueError(f"inputs are on {inputs.device} but the model is on {tensor.device}; move the "
-                             "input to the model's device before benchmarking (no transfers in the timed loop)")
+    """The device timed: the input's. A model (module, Variant, function) whose weights live elsewhere is
+    refused: a transfer would hide inside the timed loop."""
+    tensor = _first_tensor(model)
+    if tensor is not None and tensor.device != inputs.device:
+        raise ValueError(f"inputs are on {inputs.device} but the model is on {tensor.device}; move the "
+                         "input to the model's device before benchmarking (no transfers in the timed loop)")
     return inputs.device
+
+
+def _check_output_device(out, inputs: torch.Tensor) -> None:
+    if isinstance(out, torch.Tensor) and out.device != inputs.device:
+        raise ValueError(f"the model returned its output on {out.device} for an input on {inputs.device}: it "
+                         "moves data between devices inside the call; benchmark a model that stays on one device")
 
 
 def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int = 50, measure_iters: int = 500, *,
@@ -123,14 +161,19 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
 def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events) -> BenchResult:
     host = np.empty(measure_iters)
     with torch.inference_mode():
-        for _ in range(warmup_iters):
-            model(inputs)
+        for i in range(warmup_iters):
+            out = model(inputs)
+            if i == 0:
+                _check_output_device(out, inputs)
         sync()
         for i in range(measure_iters):
             t0 = timer()
-            model(inputs)
+            out = model(inputs)
             sync()
             host[i] = (timer() - t0) * 1e3
+            if i == 0 and warmup_iters == 0:
+                _check_output_device(out, inputs)
+        del out
         gpu = None
         if events:
             starts = [torch.cuda.Event(enable_timing=True) for _ in range(measure_iters)]
