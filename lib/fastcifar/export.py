@@ -119,8 +119,10 @@ def model_card(model_name: str, arch: dict, info: dict, meta: dict, spec: dict |
     from .optimize import Spec
 
     timed = Spec.from_dict(spec).label if spec else "not given"
-    lat = (f"p95 {_figure(meta, 'lat_p95_ms', '{:.4f}')} ms, mean {_figure(meta, 'lat_mean_ms', '{:.4f}')} ms "
-           f"on {_figure(meta, 'device_name')}")
+    lat = "; ".join(f"{name} {_figure(meta, key, '{:.4f}')} ms" for name, key in (("p95", "lat_p95_ms"), ("mean", "lat_mean_ms"))
+                    if meta.get(key) is not None) or "not given"
+    if meta.get("device_name"):
+        lat += f" on {meta['device_name']}"
     norm = (f"RGB scaled to [0, 1], then (x - mean) / std per channel, mean {list(mean)}, std {list(std)}"
             if mean is not None and std is not None else "not given")
     names = ", ".join(f"{i} {c}" for i, c in enumerate(classes)) if classes else "not given"
@@ -144,11 +146,18 @@ Files: `final_model.pt` (weights, model name, architecture and the inference Spe
 names and variant in its metadata; largest difference to PyTorch on {info['images_checked']} images:
 {info['onnx_max_abs_diff']:.2e}).
 
-Load and run (x normalised as above):
+Load and run, x a normalised (N, 3, 32, 32) tensor: in PyTorch (FP32, without the flip TTA)
 
 ```python
-model, ckpt = fastcifar.train.load_model("final_model.pt"); logits = model(x)  # FP32, no flip TTA
-logits = onnxruntime.InferenceSession("final_model.onnx").run(None, {{"image": x.numpy()}})[0]
+model, ckpt = fastcifar.train.load_model("final_model.pt")
+logits = model(x)
+```
+
+or with ONNX Runtime (as exported{', flip TTA included' if mirror else ''})
+
+```python
+session = onnxruntime.InferenceSession("final_model.onnx")
+logits = session.run(None, {{"image": x.numpy()}})[0]
 ```
 """
 
