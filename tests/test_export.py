@@ -96,3 +96,9 @@ def test_model_card_shows_what_was_given_and_nothing_else(tmp_path):
     assert "test accuracy (%) | not given" in card  # not passed: not invented
     assert "mean [0.4914, 0.4822, 0.4465]" in card and "1 car" in card and "flip test-time augmentation" in card
     assert "load_model" in card and "InferenceSession" in card
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    model = small_fastnet().half()
+    export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
+    assert next(model.parameters()).dtype == torch.float16  # not turned into FP32 (or moved) in place

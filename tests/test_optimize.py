@@ -5,7 +5,9 @@ import torch
 from fastcifar import models, optimize
 from fastcifar.optimize import Spec, Unavailable
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def cuda(test):
+    """A GPU test: marked `gpu` (make test-gpu) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def with_bn_statistics(model):

@@ -4,6 +4,7 @@ has it) checked for parity against PyTorch, and a short model card."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -52,7 +53,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, mirro
     the file's metadata_props under `fastcifar.<key>` (values that are not text are stored as JSON)."""
     import onnx
 
-    wrapped = Inference(model.float().eval().cpu(), mirror).eval()
+    wrapped = Inference(copy.deepcopy(model).float().eval().cpu(), mirror).eval()
     example = example.float().cpu()
     if len(example) < 2:  # torch.export fixes a dimension of size 1; trace with two images
         example = torch.cat([example, example.flip(3)])[:2]
@@ -92,7 +93,7 @@ def onnx_parity(path: str | Path, model: nn.Module, images: torch.Tensor, mirror
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = Inference(model.float().eval().cpu(), mirror).eval()
+    reference = Inference(copy.deepcopy(model).float().eval().cpu(), mirror).eval()
     images = images.float().cpu()
     worst = 0.0
     with torch.inference_mode():
@@ -173,7 +174,7 @@ def export_final(model: nn.Module, model_name: str, num_classes: int, out_dir: s
     lat_mean_ms, device_name, data_source, git_commit, ...) is stored in the checkpoint and shown in the
     card; what is not given is shown as "not given"."""
     out_dir = Path(out_dir)
-    model = model.float().eval().cpu()
+    model = copy.deepcopy(model).float().eval().cpu()  # the caller's model stays where and as it is
     spec = _spec_dict(spec)
     described = {"spec": spec, "mean": list(mean) if mean is not None else None,
                  "std": list(std) if std is not None else None, "classes": list(classes) if classes else None}
