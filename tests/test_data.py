@@ -695,3 +695,57 @@ def test_fuzzed_files_only_ever_raise_data_error(cifar10_any):
         except DataError as exc:
             failures.add(type(exc.__cause__).__name__ if exc.__cause__ else "check")
     assert failures  # most mutations break the file; none may escape as another exception type
+
+
+# ---------------------------------------------------------------- interrupted rebuilds
+
+SLOW_REBUILD = '''
+import pathlib, sys, time
+dest = pathlib.Path(sys.argv[1]) / "cifar-10-batches-py"
+dest.mkdir(parents=True)
+(dest / "data_batch_1").write_bytes(b"x" * 1000)
+time.sleep(60)
+'''
+
+
+def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "make_cifar10_batches.py").write_text(SLOW_REBUILD)
+    base = tmp_path / "data"
+    lib = str(Path(data.__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar.data", "--from-shared", str(shared), "--data-dir", str(base)],
+                            env={**os.environ, "PYTHONPATH": lib}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(base.glob(".rebuild-*/cifar-10-batches-py/data_batch_1")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not data.stale_work_folders(base) and not (base / "cifar-10-batches-py").exists()
+
+
+def test_stale_work_folders_are_removed_before_a_rebuild(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "make_cifar10_batches.py").write_text(
+        "import pathlib, sys\n(pathlib.Path(sys.argv[1]) / 'cifar-10-batches-py').mkdir()\n")
+    base = tmp_path / "data"
+    for stale in (".rebuild-abc", ".download-xyz"):
+        (base / stale).mkdir(parents=True)
+        (base / stale / "big").write_bytes(b"x" * 100)
+    (base / "rebuild-notes").mkdir()  # not ours: kept
+    assert [p.name for p in data.stale_work_folders(base)] == [".download-xyz", ".rebuild-abc"]
+    data.rebuild_from_shared(shared, base)
+    assert not data.stale_work_folders(base) and (base / "rebuild-notes").is_dir()
+    assert (base / "cifar-10-batches-py").is_dir()
