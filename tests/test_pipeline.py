@@ -15,14 +15,13 @@ def test_parse_params():
 
 
 def test_every_notebook_is_found_and_has_a_parameters_cell():
-    import nbformat
+    from fastcifar.notebook_params import notebook_parameters
 
     paths = pipeline.notebook_paths()
     assert list(paths) == pipeline.NOTEBOOKS
     for path in paths.values():
-        nb = nbformat.read(path, as_version=4)
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and 'profile = "auto"' in tagged[0].source, path.name
+        profile = notebook_parameters(path)["profile"]  # exactly one tagged cell, declaring the profile
+        assert profile.default == "auto" and profile.type_name == "str", path.name
 
 
 def test_unknown_notebook_is_refused():
@@ -315,3 +314,19 @@ def test_stale_temporaries_are_only_atomic_names(tmp_path):
         (tmp_path / name).write_text("")
     (tmp_path / ".r.csv.abcd_123.tmp.csv").write_text("")
     assert [p.name for p in atomic.stale_temporaries(tmp_path)] == [".r.csv.abcd_123.tmp.csv"]
+
+
+def test_a_missing_notebook_is_one_line_exit_2(tiny_project, capsys):
+    (tiny_project["root"] / "notebooks" / "J3_tiny.ipynb").unlink()
+    assert pipeline.main(["--profile", "smoke", "--only", "J3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "J3_*.ipynb" in err
+
+
+def test_temporaries_the_kernel_left_are_removed_after_a_failure(tiny_project):
+    out = tiny_project["out"]
+    failing = PARAMETERS + 'open(__import__("os").environ["FASTCIFAR_OUTPUTS"] + "/smoke/.r.csv.abcd1234.tmp.csv", "w").close()\n'
+    tiny_notebook(tiny_project["root"] / "notebooks" / "J4_tiny.ipynb", failing)
+    with pytest.raises(pipeline.NotebookFailed, match="J4 failed"):
+        pipeline.run("smoke", ["J4"], ["fail=True"], progress=False)
+    assert not list(out.rglob(".*.tmp*")) and (out / "notebooks" / "J4_tiny.failed.ipynb").is_file()

@@ -182,7 +182,10 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
                     atomic.move_into_place(tmp, failed)  # papermill wrote the executed copy, traceback included
                     raise NotebookFailed(_failure_message(nb, failed, exc)) from exc
         except BaseException:
+            # The kernel is shut down by now: what it was writing atomically is dead temporaries.
             restore_snapshot(out_base)
+            for stale in atomic.stale_temporaries(out_base):
+                stale.unlink(missing_ok=True)
             raise
         discard_snapshot(out_base)
         failed.unlink(missing_ok=True)  # an older failure of this notebook is superseded
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
     try:
         with atomic.signals_raise():
             run(args.profile, args.only, args.param, progress=not args.no_progress)
-    except (ParameterError, env.ProfileError) as exc:
+    except (ParameterError, env.ProfileError, FileNotFoundError) as exc:  # FileNotFoundError: no project or notebook
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
     except NotebookFailed as exc:
