@@ -158,7 +158,9 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     assert not failed.exists() and (out / "notebooks" / "J2_tiny.ipynb").is_file()
 
 
-def test_sigterm_removes_temporary_files_and_puts_results_back(tiny_project):
+@pytest.mark.parametrize("signum,code,said", [(signal.SIGTERM, 143, "stopped by signal SIGTERM"),
+                                              (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, signum, code, said):
     out = tiny_project["out"]
     out.mkdir(parents=True)
     (out / "results.csv").write_text("from the last good run\n")
@@ -172,13 +174,13 @@ def test_sigterm_removes_temporary_files_and_puts_results_back(tiny_project):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
         assert list((out / "notebooks").glob(".*.tmp.ipynb"))
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
-    assert "stopped by signal SIGTERM" in err.strip().splitlines()[-1]
+    assert proc.returncode == code, err
+    assert said in err.strip().splitlines()[-1]
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert (out / "results.csv").read_text() == "from the last good run\n"
     assert not (out / "started").exists()  # created by the interrupted notebook: removed with its results
