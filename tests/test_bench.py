@@ -380,3 +380,10 @@ def test_device_check_accepts_a_callable_on_the_inputs_device():
 def test_a_callable_that_moves_data_between_devices_is_refused(warmup):
     with pytest.raises(ValueError, match="moves data between devices"):
         bench.benchmark_latency(lambda x: x.to("meta"), torch.zeros(1, 4), warmup, 2, sync=lambda: None, events=False)
+
+
+def test_device_check_sees_through_torch_compile_of_a_function():
+    module = torch.nn.Linear(4, 2).to("meta")
+    compiled = torch.compile(_closure_over(module))  # not called: nothing is compiled here
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(compiled, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False)

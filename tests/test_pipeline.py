@@ -266,7 +266,7 @@ def test_parameters_cell_types_from_annotations_and_defaults():
 
 
 @pytest.mark.parametrize("name,raw,value", [
-    ("epochs", "5", 5), ("lr", "1", 1.0), ("flag", "false", False), ("flag", "True", True), ("name", "123", "123"),
+    ("epochs", "5", 5), ("lr", "1", 1.0), ("name", '"a b"', "a b"), ("flag", "false", False), ("flag", "True", True), ("name", "123", "123"),
     ("modes", "['x', 'y']", ["x", "y"]), ("limit", "None", None), ("limit", "7", 7), ("anything", "abc", "abc"),
 ])
 def test_values_are_converted_to_the_declared_type(name, raw, value):

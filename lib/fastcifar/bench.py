@@ -96,7 +96,7 @@ def _first_tensor(obj, depth: int = 0) -> torch.Tensor | None:
         seen.append(module)
     if isinstance(obj, functools.partial):
         seen += [obj.func, *obj.args, *obj.keywords.values()]
-    seen += [getattr(obj, "__self__", None), getattr(obj, "__wrapped__", None), getattr(obj, "fn", None)]
+    seen += [getattr(obj, name, None) for name in ("__self__", "__wrapped__", "fn", "_torchdynamo_orig_callable")]
     for cell in getattr(obj, "__closure__", None) or ():
         try:
             seen.append(cell.cell_contents)

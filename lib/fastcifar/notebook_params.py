@@ -124,8 +124,8 @@ def convert(param: Parameter, raw: str, where: str):
     kind = param.type_name
     if kind is None:
         return value
-    if kind == "str":
-        return raw  # text stays text: -p name=123 means the string "123"
+    if kind == "str":  # text stays text: -p name=123 is the string "123"; -p name='"a b"' is "a b"
+        return value if isinstance(value, str) else raw
     if kind == "bool" and isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
         return raw.strip().lower() == "true"
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
