@@ -165,3 +165,38 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv(env.DATA_ENV, str(data))
     monkeypatch.setenv(env.OUTPUTS_ENV, str(outputs))
     return {"data": data, "outputs": outputs}
+
+
+# ---------------------------------------------------------------- GPU test report (make test-gpu)
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu-report", metavar="PATH", default=None,
+                     help="write a JSON report (device, torch, commit, counts) of this run to PATH")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = config.getoption("--gpu-report")
+    if not path:
+        return
+    import datetime
+    import json
+
+    import torch
+
+    from fastcifar import atomic, env
+
+    stats = terminalreporter.stats
+    counts = {kind: len([r for r in stats.get(kind, []) if getattr(r, "when", "call") in ("call", "setup")])
+              for kind in ("passed", "failed", "skipped", "error", "xfailed", "xpassed")}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    junit = config.getoption("--junitxml", default=None)
+    report = {
+        "device": env.device_name(device), "torch": str(torch.__version__), "cuda": torch.version.cuda or "none",
+        "git_commit": env.git_commit(), "python": env.versions()["python"],
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "marker": config.getoption("-m") or "", "exit_status": int(exitstatus), **counts,
+        "failed_tests": [r.nodeid for r in stats.get("failed", []) + stats.get("error", [])],
+        "junit_xml": os.path.basename(junit) if junit else None,
+    }
+    atomic.write_text(path, json.dumps(report, indent=2) + "\n")
+    terminalreporter.write_line(f"GPU test report: {path}")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -319,3 +321,69 @@ def test_protocol_markdown_mentions_settings():
     assert all(line.startswith("|") and line.endswith("|") for line in md.strip().splitlines())
 
 
+
+
+def test_missing_numbers_are_nan_and_read_back_as_numbers(tmp_path):
+    import math
+
+    import pandas as pd
+
+    row = bench.check_row({"id": "a"})
+    assert all(isinstance(row[c], float) and math.isnan(row[c]) for c in bench.NUMERIC_COLUMNS)
+    assert row["notes"] == "" and row["compile_mode"] == ""
+    path = bench.write_results(tmp_path / "r.csv", [{"id": "a", "lat_p95_ms": 1.0, "compile_s": float("nan")},
+                                                    {"id": "b"}])
+    df = bench.read_results(path)
+    for column in bench.NUMERIC_COLUMNS:
+        assert pd.api.types.is_numeric_dtype(df[column]), column
+    assert df.lat_p95_ms.iloc[0] == 1.0 and np.isnan(df.compile_s.iloc[0])
+
+
+def test_text_in_a_number_column_is_an_error(tmp_path):
+    path = bench.write_results(tmp_path / "r.csv", [{"id": "a", "lat_p95_ms": 1.0}])
+    path.write_text(path.read_text().replace(",1.0,", ",fast,"))
+    with pytest.raises(ValueError, match="'lat_p95_ms' must hold numbers"):
+        bench.read_results(path)
+
+
+def _variant_on(device):
+    from fastcifar import optimize
+
+    module = torch.nn.Linear(4, 2).to(device)
+    return optimize.Variant(optimize.Spec(), module, module, torch.float32, torch.contiguous_format)
+
+
+def _closure_over(module):
+    def call(x):
+        return module(x)
+    return call
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _variant_on("meta"),  # an optimize.Variant
+    lambda: _closure_over(torch.nn.Linear(4, 2).to("meta")),  # a plain function using a module
+    lambda: functools.partial(torch.nn.functional.linear, weight=torch.zeros(2, 4, device="meta")),
+    lambda: torch.nn.Linear(4, 2).to("meta").forward,  # a bound method
+])
+def test_device_check_sees_through_any_callable(make):
+    model = make()
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(model, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False)
+
+
+def test_device_check_accepts_a_callable_on_the_inputs_device():
+    res = bench.benchmark_latency(_variant_on("cpu"), torch.zeros(1, 4), 1, 2, sync=lambda: None, events=False)
+    assert res.host.n == 2
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_a_callable_that_moves_data_between_devices_is_refused(warmup):
+    with pytest.raises(ValueError, match="moves data between devices"):
+        bench.benchmark_latency(lambda x: x.to("meta"), torch.zeros(1, 4), warmup, 2, sync=lambda: None, events=False)
+
+
+def test_device_check_sees_through_torch_compile_of_a_function():
+    module = torch.nn.Linear(4, 2).to("meta")
+    compiled = torch.compile(_closure_over(module))  # not called: nothing is compiled here
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(compiled, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False)

@@ -608,3 +608,144 @@ def test_splits_for_follows_the_profile_and_tensors_are_normalised(cifar10_str):
     images, labels = splits.tensors("val", "cpu")
     assert images.shape == (7, 3, 32, 32) and labels.dtype == torch.int64
     assert torch.allclose(images, data.to_tensor(splits.val.images, "cpu", splits.mean, splits.std))
+
+
+# ---------------------------------------------------------------- restricted unpickling
+
+class _RunsACommand:
+    """Pickles as a call of `function(*args)`: what a crafted data file would use to run code."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_pickle_that_would_run_a_command_is_refused_and_does_not_run(cifar10_str, tmp_path, protocol):
+    import pickle
+    import shlex
+    import sys
+
+    marker = tmp_path / "marker-created"
+    command = f"{shlex.quote(sys.executable)} -c \"open({str(marker)!r}, 'w').close()\""
+    entry = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "x": _RunsACommand(os.system, command)}
+    (cifar10_str.folder / "data_batch_1").write_bytes(pickle.dumps(entry, protocol=protocol))
+    with pytest.raises(DataError, match="system"):
+        data.load_cifar("cifar10", cifar10_str.base)
+    assert not marker.exists()
+    # The same payload through plain pickle does run: the test would notice if it could not.
+    pickle.loads(pickle.dumps(_RunsACommand(os.system, command), protocol=protocol))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("callable_", [eval, getattr, __import__])
+def test_builtins_are_refused(cifar10_str, callable_):
+    import pickle
+
+    (cifar10_str.folder / "test_batch").write_bytes(pickle.dumps({"x": _RunsACommand(callable_, "1")}))
+    with pytest.raises(DataError, match="not a CIFAR pickle"):
+        data.load_cifar("cifar10", cifar10_str.base)
+
+
+def test_codecs_encode_admits_only_latin1(cifar10_str):
+    import _codecs
+    import pickle
+
+    (cifar10_str.folder / "test_batch").write_bytes(pickle.dumps({"x": _RunsACommand(_codecs.encode, "abc", "rot13")}))
+    with pytest.raises(DataError, match="not admitted"):
+        data.load_cifar("cifar10", cifar10_str.base)
+
+
+def test_a_module_that_does_not_exist_is_a_data_error(cifar10_str):
+    # GLOBAL 'no_such_module thing', empty tuple, REDUCE, STOP (protocol 0 opcodes)
+    (cifar10_str.folder / "data_batch_5").write_bytes(b"cno_such_module\nthing\n(tR.")
+    with pytest.raises(DataError, match="no_such_module"):
+        data.load_cifar("cifar10", cifar10_str.base)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpy_contents_load_with_every_protocol(cifar10_str, protocol):
+    """Arrays, numpy scalars and numpy label arrays, as other writers of the layout produce them."""
+    import pickle
+
+    entry = dict(cifar10_str.files["data_batch_2"])
+    entry["labels"] = np.asarray(entry["labels"], dtype=np.int64)
+    entry["count"] = np.int64(len(entry["labels"]))
+    (cifar10_str.folder / "data_batch_2").write_bytes(pickle.dumps(entry, protocol=protocol))
+    loaded = data.load_cifar("cifar10", cifar10_str.base)
+    assert np.array_equal(loaded.train.images, hwc(cifar10_str.train_data))
+    assert np.array_equal(loaded.train.labels, cifar10_str.train_labels)
+
+
+def test_fuzzed_files_only_ever_raise_data_error(cifar10_any):
+    """Random byte changes and cuts of a real file: whatever breaks, it is reported as DataError."""
+    path = cifar10_any.folder / "test_batch"
+    blob = path.read_bytes()
+    rng = np.random.default_rng(0)
+    failures = set()
+    for _ in range(300):
+        mutated = bytearray(blob)
+        for pos in rng.integers(0, len(blob), rng.integers(1, 4)):
+            mutated[pos] = rng.integers(0, 256)
+        path.write_bytes(bytes(mutated[: rng.integers(len(blob) // 2, len(blob) + 1)]))
+        try:
+            data.load_cifar("cifar10", cifar10_any.base)
+        except DataError as exc:
+            failures.add(type(exc.__cause__).__name__ if exc.__cause__ else "check")
+    assert failures  # most mutations break the file; none may escape as another exception type
+
+
+# ---------------------------------------------------------------- interrupted rebuilds
+
+SLOW_REBUILD = '''
+import pathlib, sys, time
+dest = pathlib.Path(sys.argv[1]) / "cifar-10-batches-py"
+dest.mkdir(parents=True)
+(dest / "data_batch_1").write_bytes(b"x" * 1000)
+time.sleep(60)
+'''
+
+
+def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "make_cifar10_batches.py").write_text(SLOW_REBUILD)
+    base = tmp_path / "data"
+    lib = str(Path(data.__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar.data", "--from-shared", str(shared), "--data-dir", str(base)],
+                            env={**os.environ, "PYTHONPATH": lib}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(base.glob(".rebuild-*/cifar-10-batches-py/data_batch_1")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not data.stale_work_folders(base) and not (base / "cifar-10-batches-py").exists()
+
+
+def test_stale_work_folders_are_removed_before_a_rebuild(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "make_cifar10_batches.py").write_text(
+        "import pathlib, sys\n(pathlib.Path(sys.argv[1]) / 'cifar-10-batches-py').mkdir()\n")
+    base = tmp_path / "data"
+    for stale in (".rebuild-abc", ".download-xyz"):
+        (base / stale).mkdir(parents=True)
+        (base / stale / "big").write_bytes(b"x" * 100)
+    (base / "rebuild-notes").mkdir()  # not ours: kept
+    assert [p.name for p in data.stale_work_folders(base)] == [".download-xyz", ".rebuild-abc"]
+    data.rebuild_from_shared(shared, base)
+    assert not data.stale_work_folders(base) and (base / "rebuild-notes").is_dir()
+    assert (base / "cifar-10-batches-py").is_dir()

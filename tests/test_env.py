@@ -163,3 +163,57 @@ def test_atomic_path_failure_before_first_write(tmp_path):
             assert tmp.parent == tmp_path and tmp != path
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_and_outputs_outside_a_project_default_to_the_working_folder(no_env, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(env, "project_root", lambda start=None: (_ for _ in ()).throw(FileNotFoundError("none")))
+    assert env.data_dir() == tmp_path / "data"
+    assert env.outputs_dir("smoke") == tmp_path / "outputs" / "smoke"
+    assert env.git_commit() == "unknown"
+
+
+def test_a_non_editable_install_loads_models_and_data_outside_the_project(tmp_path):
+    """Build and install the package into a temporary folder (not editable), then use it from a folder
+    that is not the project: data, models and checkpoints must not need the project folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "lib", src / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    site = tmp_path / "site"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    assert time.perf_counter() - t0 < 30
+    work = tmp_path / "elsewhere"
+    from conftest import make_cifar
+
+    make_cifar(work / "data", "cifar10")
+    script = """
+import importlib.metadata as md, pathlib, sys
+import fastcifar
+from fastcifar import data, env, models, train
+assert pathlib.Path(fastcifar.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()), fastcifar.__file__
+assert md.version("fastcifar") == fastcifar.__version__
+scripts = {e.name: e.value for e in md.entry_points(group="console_scripts")}
+assert scripts.get("fastcifar") == "fastcifar.cli:main", scripts
+cifar = data.load_cifar("cifar10")
+assert len(cifar.train) == 100 and env.data_dir() == pathlib.Path.cwd() / "data"
+model = models.build_model("fastnet", widths=(8, 16, 16))
+path = train.save_checkpoint("m.pt", model, "fastnet", 10)
+loaded, ckpt = train.load_model(path)
+assert ckpt["arch"]["widths"] == [8, 16, 16]
+print("ok")
+"""
+    clean_env = {k: v for k, v in os.environ.items()
+                 if k not in ("PYTHONPATH", env.ROOT_ENV, env.DATA_ENV, env.OUTPUTS_ENV)}
+    res = subprocess.run([sys.executable, "-c", script, str(site)], cwd=work, capture_output=True, text=True,
+                         env={**clean_env, "PYTHONPATH": str(site)})
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

@@ -1,6 +1,19 @@
+import pytest
 import torch
 
-from fastcifar import export, models, train
+from fastcifar import data, export, models, optimize, train
+
+pytest.importorskip("onnxruntime")
+
+
+def small_fastnet():
+    torch.manual_seed(0)
+    model = models.build_model("fastnet", widths=(8, 16, 16))
+    for m in model.modules():  # BN statistics, so that eval mode is not an identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
 
 
 def test_export_writes_checkpoint_and_onnx_with_parity(tmp_path):
@@ -21,3 +34,71 @@ def test_models_over_the_size_cap_are_not_exported(tmp_path, monkeypatch):
     info = export.export_final(models.build_model("shufflenet_v2"), "shufflenet_v2", 10, tmp_path, torch.randn(1, 3, 32, 32))
     assert not info["exported"] and "MB" in info["reason"]
     assert not list(tmp_path.iterdir())
+
+
+def test_onnx_batch_dimension_is_free_and_metadata_describes_the_input(tmp_path):
+    import onnxruntime as ort
+
+    model = small_fastnet()
+    spec = optimize.Spec(fold_bn=True)
+    info = export.export_final(model, "fastnet", 10, tmp_path, torch.randn(3, 3, 32, 32), spec=spec,
+                               mean=data.CIFAR10_MEAN, std=data.CIFAR10_STD, classes=[f"c{i}" for i in range(10)],
+                               id="F1", variant="FastNet test variant")
+    assert info["parity_ok"]
+    session = ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = torch.randn(n, 3, 32, 32)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == (n, 10) and abs(got - ref).max() < 1e-3
+    meta = export.onnx_metadata(info["onnx"])
+    assert meta["mean"] == list(data.CIFAR10_MEAN) and meta["std"] == list(data.CIFAR10_STD)
+    assert meta["classes"][3] == "c3" and meta["variant"] == "FastNet test variant" and meta["id"] == "F1"
+    assert meta["spec"] == spec.to_dict() and meta["mirror_folded"] is False
+    assert meta["arch"]["widths"] == [8, 16, 16] and meta["model_name"] == "fastnet"
+
+
+def test_checkpoint_rebuilds_the_architecture_and_keeps_the_spec(tmp_path):
+    model = small_fastnet()
+    spec = optimize.Spec("fp16", cuda_graph=True, mirror=True)
+    export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32), spec=spec)
+    loaded, ckpt = train.load_model(tmp_path / "final_model.pt")
+    assert ckpt["arch"]["widths"] == [8, 16, 16] and optimize.Spec.from_dict(ckpt["spec"]) == spec
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_mirror_is_folded_into_onnx(tmp_path):
+    import onnxruntime as ort
+
+    model = small_fastnet()
+    info = export.export_final(model, "fastnet", 10, tmp_path, torch.randn(4, 3, 32, 32),
+                               spec=optimize.Spec(mirror=True).to_dict())
+    assert info["mirror_in_onnx"] and info["parity_ok"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        flip_tta = ((model(x) + model(x.flip(3))) / 2).numpy()
+        plain = model(x).numpy()
+    got = ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert abs(got - flip_tta).max() < 1e-3 and abs(got - plain).max() > 1e-3
+    assert export.onnx_metadata(info["onnx"])["mirror_folded"] is True
+
+
+def test_model_card_shows_what_was_given_and_nothing_else(tmp_path):
+    model = small_fastnet()
+    export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32), spec=optimize.Spec(mirror=True),
+                        mean=data.CIFAR10_MEAN, std=data.CIFAR10_STD, classes=["plane", "car"] + list("abcdefgh"),
+                        id="F9", val_accuracy=91.234, lat_p95_ms=0.12345, device_name="Some GPU")
+    card = (tmp_path / "final_model.md").read_text()
+    assert "91.23" in card and "0.1235" in card and "Some GPU" in card and "F9" in card
+    assert "test accuracy (%) | not given" in card  # not passed: not invented
+    assert "mean [0.4914, 0.4822, 0.4465]" in card and "1 car" in card and "flip test-time augmentation" in card
+    assert "load_model" in card and "InferenceSession" in card
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    model = small_fastnet().half()
+    export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
+    assert next(model.parameters()).dtype == torch.float16  # not turned into FP32 (or moved) in place

@@ -5,7 +5,9 @@ import torch
 from fastcifar import models, optimize
 from fastcifar.optimize import Spec, Unavailable
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def cuda(test):
+    """A GPU test: marked `gpu` (make test-gpu) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def with_bn_statistics(model):
@@ -102,3 +104,36 @@ def test_gpu_variants_agree_with_fp32(spec):
     variant = optimize.build(model, spec, x[:1])
     out = torch.cat([variant(variant.prepare(x[i:i + 1])).float() for i in range(4)])
     assert torch.allclose(out, ref, atol=5e-2, rtol=5e-2)
+
+
+def test_folding_uses_torchs_fuse_conv_bn_eval_arithmetic():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = with_bn_statistics(models.build_model("resnet18"))
+    folded = optimize.fold_batchnorm(model)
+    expected = fuse_conv_bn_eval(model.conv1, model.bn1)
+    assert torch.equal(folded.conv1.weight, expected.weight) and torch.equal(folded.conv1.bias, expected.bias)
+    assert folded.conv1 is not model.conv1 and model.conv1.bias is None  # the original is untouched
+
+
+def test_fold_batchnorm_delegates_to_models_that_fold_themselves():
+    model = with_bn_statistics(models.build_model("fastnet", widths=(8, 16, 16)))
+    folded = optimize.fold_batchnorm(model)
+    assert isinstance(folded, models.FastNet) and folded.folded_batchnorms == 6
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_result_columns_stay_numeric():
+    """No "" in number columns: a skipped variant and a variant without compile time give NaN."""
+    import pandas as pd
+
+    from fastcifar import bench
+
+    model = models.build_model("shufflenet_v2")
+    _, row = optimize.evaluated(model, Spec(), data(4), data(4))
+    assert isinstance(row["compile_s"], float) and np.isnan(row["compile_s"])
+    df, _ = optimize.sweep(model, "shufflenet_v2", {"ref": Spec(), "half": Spec("fp16")}, data(4), data(4), 0, 2, {})
+    for column in bench.NUMERIC_COLUMNS:
+        assert pd.api.types.is_numeric_dtype(df[column]), column

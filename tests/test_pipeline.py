@@ -1,4 +1,5 @@
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -14,14 +15,13 @@ def test_parse_params():
 
 
 def test_every_notebook_is_found_and_has_a_parameters_cell():
-    import nbformat
+    from fastcifar.notebook_params import notebook_parameters
 
     paths = pipeline.notebook_paths()
     assert list(paths) == pipeline.NOTEBOOKS
     for path in paths.values():
-        nb = nbformat.read(path, as_version=4)
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1 and 'profile: str = "auto"' in tagged[0].source, path.name
+        profile = notebook_parameters(path)["profile"]  # exactly one tagged cell, declaring the profile
+        assert profile.default == "auto" and profile.type_name == "str", path.name
 
 
 def test_unknown_notebook_is_refused():
@@ -42,3 +42,293 @@ def test_smoke_run_of_j1(tmp_path, monkeypatch):
     assert (pd.to_numeric(rows.lat_p95_ms) > 0).all()
     summary = json.loads((out / "pipeline_J1.json").read_text())
     assert summary["profile"] == "smoke" and summary["notebooks"][0]["notebook"] == "J1"
+
+
+# ---------------------------------------------------------------- a tiny generated project
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+from fastcifar import atomic, notebook_params
+from fastcifar.notebook_params import ParameterError
+
+PARAMETERS = textwrap.dedent('''\
+    profile = "auto"
+    epochs: int = 2
+    rate = 0.5
+    fail = False
+    sleep = 0.0
+    name = "x"
+''')
+# Writes a results CSV first, then fails or sleeps when asked: what a real notebook does in between.
+BODY = textwrap.dedent('''\
+    import os, pathlib, time
+    out = pathlib.Path(os.environ["FASTCIFAR_OUTPUTS"]) / "smoke"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.csv").write_text(f"epochs,name\\n{epochs},{name}\\n")
+    (out / "started").write_text("yes")
+''')
+FAILS = 'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
+
+
+def tiny_notebook(path: Path, parameters: str = PARAMETERS) -> Path:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"},
+                                            "language_info": {"name": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(BODY), nbformat.v4.new_code_cell(FAILS)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A project root holding five tiny notebooks J1..J5 (J2 lacks `rate`), with its own output and data folders."""
+    root = tmp_path / "project"
+    for nb in pipeline.NOTEBOOKS:
+        params = PARAMETERS.replace("rate = 0.5\n", "") if nb == "J2" else PARAMETERS
+        tiny_notebook(root / "notebooks" / f"{nb}_tiny.ipynb", params)
+    (root / "lib" / "fastcifar").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    env_vars = {"FASTCIFAR_ROOT": str(root), "FASTCIFAR_OUTPUTS": str(tmp_path / "outputs"),
+                "FASTCIFAR_DATA": str(tmp_path / "data")}
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "data").mkdir()
+    return {"root": root, "out": tmp_path / "outputs" / "smoke", "data": tmp_path / "data", "env": env_vars}
+
+
+def injected(path: Path) -> str:
+    nb = nbformat.read(str(path), as_version=4)
+    return "".join(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+
+
+def test_success_writes_notebook_with_normal_permissions_and_cleans_stale_files(tiny_project):
+    out, data_dir = tiny_project["out"], tiny_project["data"]
+    stale_nb = out / "notebooks" / ".J1_tiny.ipynb.ab12cd34.tmp.ipynb"
+    stale_nb.parent.mkdir(parents=True)
+    stale_nb.write_text("{}")
+    (data_dir / ".rebuild-k2j3h4").mkdir()
+    (data_dir / ".rebuild-k2j3h4" / "data_batch_1").write_bytes(b"x" * 100)
+    keep = out / "notebooks" / "notes.tmp.txt"  # not a name atomic_path makes: left alone
+    keep.write_text("mine")
+    old_umask = os.umask(0o022)
+    try:
+        pipeline.run("smoke", ["J1", "J2"], ["epochs=3", "J2.name=b", "rate=0.25"], progress=False)
+    finally:
+        os.umask(old_umask)
+    assert not stale_nb.exists() and not (data_dir / ".rebuild-k2j3h4").exists() and keep.exists()
+    j1, j2 = out / "notebooks" / "J1_tiny.ipynb", out / "notebooks" / "J2_tiny.ipynb"
+    assert (j1.stat().st_mode & 0o777) == 0o644 and ((out / "pipeline_J1_J2.json").stat().st_mode & 0o777) == 0o644
+    assert "epochs = 3" in injected(j1) and "rate = 0.25" in injected(j1) and 'name = "b"' not in injected(j1)
+    assert 'name = "b"' in injected(j2) and "rate" not in injected(j2)  # J2 has no rate: global values skip it
+    assert 'profile = "smoke"' in injected(j2)
+    assert (out / "results.csv").read_text() == "epochs,name\n3,b\n"
+    assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
+
+
+def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsys):
+    out = tiny_project["out"]
+    out.mkdir(parents=True)
+    (out / "results.csv").write_text("from the last good run\n")
+    code = pipeline.main(["--profile", "smoke", "--only", "J1", "J2", "-p", "J2.fail=True", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "J2 failed in cell" in err and "ValueError: boom in the tiny notebook" in err and "J2_tiny.failed.ipynb" in err
+    failed = out / "notebooks" / "J2_tiny.failed.ipynb"
+    assert failed.is_file() and "boom in the tiny notebook" in failed.read_text()
+    assert (failed.stat().st_mode & 0o077) != 0  # readable by others, not mkstemp's 0600
+    assert not (out / "notebooks" / "J2_tiny.ipynb").exists()
+    # J1 succeeded and its results stay; J2's half-written results were put back to J1's
+    assert (out / "notebooks" / "J1_tiny.ipynb").is_file()
+    assert (out / "results.csv").read_text() == "epochs,name\n2,x\n"
+    assert not (out / "started").exists() or True
+    assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
+    assert not (out / "pipeline_J1_J2.json").exists()
+    # a later success supersedes the failed copy
+    pipeline.run("smoke", ["J2"], progress=False)
+    assert not failed.exists() and (out / "notebooks" / "J2_tiny.ipynb").is_file()
+
+
+@pytest.mark.parametrize("signum,code,said", [(signal.SIGTERM, 143, "stopped by signal SIGTERM"),
+                                              (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, signum, code, said):
+    out = tiny_project["out"]
+    out.mkdir(parents=True)
+    (out / "results.csv").write_text("from the last good run\n")
+    lib = str(Path(pipeline.__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar.pipeline", "--profile", "smoke", "--only", "J1",
+                             "-p", "sleep=60", "--no-progress"], env={**os.environ, "PYTHONPATH": lib},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "started").exists():  # the notebook has written its results and sleeps
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        assert list((out / "notebooks").glob(".*.tmp.ipynb"))
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert said in err.strip().splitlines()[-1]
+    assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
+    assert (out / "results.csv").read_text() == "from the last good run\n"
+    assert not (out / "started").exists()  # created by the interrupted notebook: removed with its results
+
+
+def test_next_start_undoes_a_run_killed_outright(tiny_project):
+    out = tiny_project["out"]
+    out.mkdir(parents=True)
+    (out / "results.csv").write_text("good\n")
+    pipeline.take_snapshot(out)
+    (out / "results.csv").write_text("half of a killed run\n")
+    (out / "new.csv").write_text("also\n")
+    tmp = out / "notebooks" / ".J3_tiny.ipynb.x1y2z3w4.tmp.ipynb"
+    tmp.parent.mkdir()
+    tmp.write_text("{}")
+    done = pipeline.clean_stale(out, tiny_project["data"])
+    assert len(done) == 2
+    assert (out / "results.csv").read_text() == "good\n" and not (out / "new.csv").exists() and not tmp.exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["-p", "epochs=abc"], "epochs must be int, got 'abc'"),
+    (["-p", "profile=smoke"], "--profile"),
+    (["-p", "J2.profile=full"], "--profile"),
+    (["-p", "nothing=1"], "no selected notebook"),
+    (["-p", "J2.rate=0.1"], "J2 has no parameter 'rate'"),
+    (["--only", "J1", "-p", "J3.epochs=1"], "J3 is not among the selected notebooks"),
+    (["-p", "epochs"], "name=value"),
+    (["--only", "J9"], "invalid choice"),
+    (["--profile", "fast"], "invalid choice"),
+])
+def test_user_mistakes_are_one_line_exit_2_and_nothing_runs(tiny_project, capsys, argv, expected):
+    with pytest.raises(SystemExit) if argv[0] in ("--only", "--profile") and "J3.epochs=1" not in argv else _nothing():
+        code = pipeline.main(["--profile", "smoke", *argv] if argv[0] != "--profile" else argv)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
+    if argv[0] not in ("--only", "--profile") or "J3.epochs=1" in argv:
+        assert code == 2
+    assert not tiny_project["out"].exists()  # nothing ran, nothing was written
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_full_profile_without_a_gpu_is_one_line(tiny_project, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the machine without CUDA")
+    assert pipeline.main(["--profile", "full"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs a CUDA GPU" in err
+
+
+# ---------------------------------------------------------------- parameters cells
+
+def test_parameters_cell_types_from_annotations_and_defaults():
+    params = notebook_params.parse_parameters_cell(textwrap.dedent('''\
+        profile = "auto"   # comment
+        epochs: int = 30
+        lr = 0.1
+        bar: float = 85
+        flag = True
+        modes: list[str] = ["a"]
+        plain_list = ["b"]
+        limit: int | None = None
+        other: Optional[float] = 2.0
+        anything = None
+        expr = 2 ** 10
+        import math
+    '''))
+    kinds = {n: (p.type_name, p.optional) for n, p in params.items()}
+    assert kinds == {"profile": ("str", False), "epochs": ("int", False), "lr": ("float", False),
+                     "bar": ("float", False), "flag": ("bool", False), "modes": ("list", False),
+                     "plain_list": ("list", False), "limit": ("int", True), "other": ("float", True),
+                     "anything": (None, True), "expr": (None, True)}
+    assert params["epochs"].default == 30 and params["modes"].default == ["a"]
+
+
+@pytest.mark.parametrize("name,raw,value", [
+    ("epochs", "5", 5), ("lr", "1", 1.0), ("name", '"a b"', "a b"), ("flag", "false", False), ("flag", "True", True), ("name", "123", "123"),
+    ("modes", "['x', 'y']", ["x", "y"]), ("limit", "None", None), ("limit", "7", 7), ("anything", "abc", "abc"),
+])
+def test_values_are_converted_to_the_declared_type(name, raw, value):
+    params = notebook_params.parse_parameters_cell(
+        'epochs: int = 1\nlr = 0.1\nflag = True\nname = "a"\nmodes: list = []\nlimit: int | None = None\nanything = None\n')
+    out = notebook_params.resolve([f"{name}={raw}"], {"J": params})["J"][name]
+    assert out == value and type(out) is type(value)
+
+
+@pytest.mark.parametrize("name,raw", [("epochs", "abc"), ("epochs", "1.5"), ("epochs", "True"), ("lr", "fast"),
+                                      ("flag", "2"), ("modes", "x"), ("limit", "x")])
+def test_values_of_the_wrong_type_are_refused(name, raw):
+    params = notebook_params.parse_parameters_cell(
+        'epochs: int = 1\nlr = 0.1\nflag = True\nmodes: list = []\nlimit: int | None = None\n')
+    with pytest.raises(ParameterError, match=f"{name} must be"):
+        notebook_params.resolve([f"{name}={raw}"], {"J": params})
+
+
+def test_a_notebook_value_wins_over_a_global_one():
+    params = notebook_params.parse_parameters_cell("epochs = 1\n")
+    values = notebook_params.resolve(["J2.epochs=7", "epochs=3"], {"J1": params, "J2": params})
+    assert values == {"J1": {"epochs": 3}, "J2": {"epochs": 7}}
+
+
+def test_every_real_notebook_parameter_cell_parses():
+    for nb, path in pipeline.notebook_paths().items():
+        params = notebook_params.notebook_parameters(path)
+        assert "profile" in params and "seed" in params, nb
+        assert params["seed"].type_name == "int", nb
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_atomic_files_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = atomic.write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o640
+
+
+def test_stale_temporaries_are_only_atomic_names(tmp_path):
+    with atomic.atomic_path(tmp_path / "r.csv") as tmp:
+        assert atomic.is_temporary(tmp)
+    for name in ("r.csv", ".hidden", "x.tmp.ipynb", ".results.csv.tmp"):
+        (tmp_path / name).write_text("")
+    (tmp_path / ".r.csv.abcd_123.tmp.csv").write_text("")
+    assert [p.name for p in atomic.stale_temporaries(tmp_path)] == [".r.csv.abcd_123.tmp.csv"]
+
+
+def test_a_missing_notebook_is_one_line_exit_2(tiny_project, capsys):
+    (tiny_project["root"] / "notebooks" / "J3_tiny.ipynb").unlink()
+    assert pipeline.main(["--profile", "smoke", "--only", "J3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "J3_*.ipynb" in err
+
+
+def test_temporaries_the_kernel_left_are_removed_after_a_failure(tiny_project):
+    out = tiny_project["out"]
+    failing = PARAMETERS + 'open(__import__("os").environ["FASTCIFAR_OUTPUTS"] + "/smoke/.r.csv.abcd1234.tmp.csv", "w").close()\n'
+    tiny_notebook(tiny_project["root"] / "notebooks" / "J4_tiny.ipynb", failing)
+    with pytest.raises(pipeline.NotebookFailed, match="J4 failed"):
+        pipeline.run("smoke", ["J4"], ["fail=True"], progress=False)
+    assert not list(out.rglob(".*.tmp*")) and (out / "notebooks" / "J4_tiny.failed.ipynb").is_file()

@@ -93,10 +93,10 @@ def test_aggregate_runs():
     assert b["lat_p95_ms"] == pytest.approx(2.2)
     assert b["gpu_p95_ms"] == pytest.approx(2.0)
     assert b["p95_spread_pct"] == pytest.approx(20.0)
-    assert b["run"] == "mean of 3"
+    assert b["runs"] == 3 and np.isnan(b["run"])
     assert b["variant"] == "fp16" and b["accuracy"] == 90.0
     a = out.iloc[1]
-    assert a["lat_p95_ms"] == pytest.approx(4.0) and a["p95_spread_pct"] == 0.0 and a["run"] == "mean of 1"
+    assert a["lat_p95_ms"] == pytest.approx(4.0) and a["p95_spread_pct"] == 0.0 and a["runs"] == 1
     assert len(df) == 4  # input untouched
 
 
@@ -259,3 +259,72 @@ def test_image_grid_writes_png(tmp_path):
     assert len(fig.axes) == 12  # 3 rows of 4
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:11] == [classes[i] for i in labels] and titles[11] == ""
+
+
+def crowded() -> pd.DataFrame:
+    """Seven variants, three of them within a few percent of each other on both axes."""
+    return pd.DataFrame({
+        "id": ["B1", "B2", "O1", "O2", "O4", "D1", "D1-fast"],
+        "accuracy": [86.24, 92.10, 86.26, 86.25, 92.10, 86.20, 86.23],
+        "val_accuracy": [86.6, 93.0, 86.6, 86.6, 93.0, 87.2, 87.2],
+        "lat_p95_ms": [5.13, 2.97, 5.42, 0.64, 0.257, 5.89, 0.327],
+    })
+
+
+def test_pareto_frontier_positions():
+    lat, acc = [3.0, 1.0, 2.0, 0.5, 4.0], [95.0, 92.0, 93.0, 90.0, 94.0]
+    assert report.pareto_frontier(lat, acc) == [3, 1, 2, 0]  # 4 is slower and worse than 0
+
+
+def test_pareto_plot_draws_the_frontier_it_names():
+    fig = report.pareto_plot(crowded(), bar=85.0)
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    line = handles[labels.index("Pareto frontier")]
+    assert list(line.get_xdata()) == [0.257]  # O4 is both the fastest and the most accurate here
+    df = crowded().assign(accuracy=[86.24, 92.10, 86.26, 86.25, 86.0, 86.20, 86.23])
+    line = next(h for h, lab in zip(*report.pareto_plot(df, bar=85.0).axes[0].get_legend_handles_labels())
+                if lab == "Pareto frontier")
+    assert list(line.get_xdata()) == [0.257, 0.327, 0.64, 2.97] and line.get_drawstyle() == "steps-post"
+
+
+def test_pareto_plot_point_labels_do_not_collide():
+    fig = report.pareto_plot(crowded(), bar=85.0, final_id="O4")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert set(boxes) == set(crowded().id)
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    points = ax.transData.transform(crowded()[["lat_p95_ms", "accuracy"]].to_numpy())
+    for name, box in boxes.items():
+        for x, y in points:
+            assert not box.contains(x, y), name  # no label sits on a marker
+
+
+def test_pareto_plot_log_axis_has_plain_ms_labels_that_do_not_overlap():
+    fig = report.pareto_plot(crowded(), bar=85.0)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    major = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in major] == ["0.2", "0.5", "1", "2", "5"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    boxes = [t.get_window_extent(renderer) for t in major]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_pareto_plot_marks_the_launch_floor_and_uses_the_accuracy_column():
+    fig = report.pareto_plot(crowded(), bar=85.0, floor_ms=0.0123, accuracy_column="val_accuracy")
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    floor = handles[labels.index("launch floor 0.0123 ms")]
+    assert list(floor.get_xdata()) == [0.0123, 0.0123]
+    assert ax.get_xlim()[0] < 0.0123 and "val accuracy" in ax.get_ylabel()
+    b2 = next(t for t in ax.texts if t.get_text() == "B2")
+    assert b2.xy[1] == pytest.approx(93.0)  # plotted at its validation accuracy
+    without = report.pareto_plot(crowded(), bar=85.0).axes[0].get_legend_handles_labels()[1]
+    assert not any(label.startswith("launch floor") for label in without)

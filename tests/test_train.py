@@ -92,10 +92,36 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
-def test_resume_refuses_other_settings(tmp_path):
+def test_resume_refuses_other_settings_and_names_only_what_differs(tmp_path):
     train.fit(Tiny(), splits(), config(epochs=1), "t", "tiny", tmp_path, "cpu", progress=False)
-    with pytest.raises(train.CheckpointError, match="other settings"):
+    with pytest.raises(train.CheckpointError) as info:
         train.fit(Tiny(), splits(), config(epochs=2, lr=0.3), "t", "tiny", tmp_path, "cpu", progress=False)
+    msg = str(info.value)
+    assert "lr: 0.05 -> 0.3" in msg
+    assert "momentum" not in msg and "weight_decay" not in msg  # only the keys that differ
+
+
+def test_resume_refuses_other_training_data(tmp_path):
+    train.fit(Tiny(), splits(), config(epochs=1), "t", "tiny", tmp_path, "cpu", progress=False)
+    other = splits(seed=1)
+    other.source = "generated, other pixels"
+    with pytest.raises(train.CheckpointError, match=r"data_source: 'generated' -> 'generated, other pixels'"):
+        train.fit(Tiny(), other, config(epochs=2), "t", "tiny", tmp_path, "cpu", progress=False)
+
+
+def test_resume_refuses_another_training_set_size(tmp_path):
+    train.fit(Tiny(), splits(), config(epochs=1), "t", "tiny", tmp_path, "cpu", progress=False)
+    with pytest.raises(train.CheckpointError, match="train_images: 96 -> 64") as info:
+        train.fit(Tiny(), splits(n_train=64), config(epochs=2), "t", "tiny", tmp_path, "cpu", progress=False)
+    assert "data_source" not in str(info.value)
+
+
+def test_resume_refuses_fewer_epochs_than_already_run(tmp_path):
+    train.fit(Tiny(), splits(), config(epochs=3), "t", "tiny", tmp_path, "cpu", progress=False)
+    with pytest.raises(train.CheckpointError, match="epochs: '3 already run' -> 2"):
+        train.fit(Tiny(), splits(), config(epochs=2), "t", "tiny", tmp_path, "cpu", progress=False)
+    more = train.fit(Tiny(), splits(), config(epochs=4), "t", "tiny", tmp_path, "cpu", progress=False)
+    assert list(more.history.epoch) == [1, 2, 3, 4]  # more epochs than the checkpoint's may resume
 
 
 def test_save_then_load_gives_the_same_state(tmp_path):

@@ -9,6 +9,7 @@ The host figures are the headline (`lat_*`); the event figures are reported besi
 """
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ RESULT_COLUMNS = [
 # Read back as text, so ids like "007" and versions like "12.10" survive a rewrite of the CSV.
 TEXT_COLUMNS = ("id", "variant", "model", "precision", "memory_format", "compile_mode", "notes", "profile",
                 "device_name", "torch", "cuda", "cudnn", "data_source", "git_commit", "timestamp")
+FLAG_COLUMNS = ("cuda_graph", "fold_bn")  # True/False
+# Everything else is a number; a figure that does not exist is NaN (an empty CSV cell), never "".
+NUMERIC_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in TEXT_COLUMNS and c not in FLAG_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,52 @@ class BenchResult:
         return row
 
 
+def _first_tensor(obj, depth: int = 0) -> torch.Tensor | None:
+    """A parameter, buffer or tensor that `obj` computes with: an nn.Module's, a Variant's module, or
+    what a function, bound method or functools.partial holds (closure cells, arguments)."""
+    if depth > 3 or obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, torch.nn.Module):
+        found = next(iter(obj.parameters()), None)
+        return found if found is not None else next(iter(obj.buffers()), None)
+    seen = []
+    module = getattr(obj, "module", None)  # optimize.Variant and wrappers alike
+    if isinstance(module, torch.nn.Module):
+        seen.append(module)
+    if isinstance(obj, functools.partial):
+        seen += [obj.func, *obj.args, *obj.keywords.values()]
+    seen += [getattr(obj, name, None) for name in ("__self__", "__wrapped__", "fn", "_torchdynamo_orig_callable")]
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            seen.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    seen += [v for v in (getattr(obj, "__defaults__", None) or ()) if isinstance(v, (torch.Tensor, torch.nn.Module))]
+    for item in seen:
+        if item is not None and item is not obj and (isinstance(item, (torch.Tensor, torch.nn.Module))
+                                                     or callable(item)):
+            found = _first_tensor(item, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def _device_of(model, inputs: torch.Tensor) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        tensor = next(iter(model.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(model.buffers()), None)
-        if tensor is not None and tensor.device != inputs.device:
-            raise ValueError(f"inputs are on {inputs.device} but the model is on {tensor.device}; move the "
-                             "input to the model's device before benchmarking (no transfers in the timed loop)")
+    """The device timed: the input's. A model (module, Variant, function) whose weights live elsewhere is
+    refused: a transfer would hide inside the timed loop."""
+    tensor = _first_tensor(model)
+    if tensor is not None and tensor.device != inputs.device:
+        raise ValueError(f"inputs are on {inputs.device} but the model is on {tensor.device}; move the "
+                         "input to the model's device before benchmarking (no transfers in the timed loop)")
     return inputs.device
+
+
+def _check_output_device(out, inputs: torch.Tensor) -> None:
+    if isinstance(out, torch.Tensor) and out.device != inputs.device:
+        raise ValueError(f"the model returned its output on {out.device} for an input on {inputs.device}: it "
+                         "moves data between devices inside the call; benchmark a model that stays on one device")
 
 
 def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int = 50, measure_iters: int = 500, *,
@@ -120,14 +161,19 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
 def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events) -> BenchResult:
     host = np.empty(measure_iters)
     with torch.inference_mode():
-        for _ in range(warmup_iters):
-            model(inputs)
+        for i in range(warmup_iters):
+            out = model(inputs)
+            if i == 0:
+                _check_output_device(out, inputs)
         sync()
         for i in range(measure_iters):
             t0 = timer()
-            model(inputs)
+            out = model(inputs)
             sync()
             host[i] = (timer() - t0) * 1e3
+            if i == 0 and warmup_iters == 0:
+                _check_output_device(out, inputs)
+        del out
         gpu = None
         if events:
             starts = [torch.cuda.Event(enable_timing=True) for _ in range(measure_iters)]
@@ -200,7 +246,7 @@ def check_row(row: dict) -> dict:
     unknown = set(row) - set(RESULT_COLUMNS)
     if unknown:
         raise ValueError(f"unknown result columns {sorted(unknown)}; allowed: {RESULT_COLUMNS}")
-    return {c: row.get(c, "") for c in RESULT_COLUMNS}
+    return {c: row.get(c, float("nan") if c in NUMERIC_COLUMNS else "") for c in RESULT_COLUMNS}
 
 
 def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Path:
@@ -214,7 +260,8 @@ def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Pa
     if path.is_file():
         old = read_results(path)
         if replace is not None:
-            old = old[~old[replace].astype(str).isin(new[replace].astype(str))]
+            key = (lambda col: col.astype(float)) if replace in NUMERIC_COLUMNS else (lambda col: col.astype(str))
+            old = old[~key(old[replace]).isin(key(new[replace]))]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
     with atomic.atomic_path(path) as tmp:
         new.to_csv(tmp, index=False)
@@ -229,7 +276,22 @@ def read_results(path: str | Path):
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a results CSV: missing columns {missing}")
-    return df[RESULT_COLUMNS]
+    return numeric_columns(df[RESULT_COLUMNS].copy(), source=path)
+
+
+def numeric_columns(df, source="results"):
+    """`df` with every NUMERIC_COLUMNS column as numbers (empty cells and "" become NaN); text in one
+    of them is an error naming the column, not a silent NaN."""
+    import pandas as pd
+
+    for c in NUMERIC_COLUMNS:
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+            values = df[c].replace("", np.nan)
+            try:
+                df[c] = pd.to_numeric(values)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{source}: column {c!r} must hold numbers ({exc})") from exc
+    return df
 
 
 def protocol_markdown(warmup_iters: int, measure_iters: int, device: str, runs: int = 3) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import env
+from . import atomic, env
 
 # J1 card 2 gives these for CIFAR-10 (per-pixel std); the CIFAR-100 report gives its own.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -99,15 +99,45 @@ def _layout(name: str) -> Layout:
     return LAYOUTS[name]
 
 
+# What the CIFAR python pickles hold: dicts, lists, str, bytes, numbers and numpy arrays. Arrays are
+# rebuilt through these numpy functions (numpy 1 and 2 module names, in-band protocol 5 included);
+# nothing else may be imported while unpickling, so a crafted file cannot call os.system & co.
+_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                  "numpy._core.numeric")
+_NUMPY_NAMES = ("_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer")
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Python 3 pickles bytes with protocol < 3 as _codecs.encode(text, 'latin1'); admit only that codec."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not admitted")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
+            return super().find_class(module, name)
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR file never holds "
+                                     "(only numpy arrays, lists, dicts, str, bytes and numbers are admitted)")
+
+
+def restricted_load(f) -> object:
+    """Unpickle a CIFAR file object admitting only the types those files hold."""
+    return _CifarUnpickler(f, encoding="latin1").load()
+
+
 def _unpickle(path: Path, name: str) -> dict:
     if not path.is_file():
         raise DataError(f"{name}: missing file {path}. " + _how_to_get(name, path.parent))
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, IndexError) as exc:
-        raise DataError(f"{name}: {path} is damaged ({type(exc).__name__}: {exc}); delete "
-                        f"{path.parent} and get it again. " + _how_to_get(name, path.parent)) from exc
+            entry = restricted_load(f)
+    except Exception as exc:  # every unpickling failure (also OverflowError, MemoryError, ImportError, ...)
+        raise DataError(f"{name}: {path} is damaged or not a CIFAR pickle ({type(exc).__name__}: {exc}); "
+                        f"delete {path.parent} and get it again. " + _how_to_get(name, path.parent)) from exc
     if not isinstance(entry, dict):
         raise DataError(f"{name}: {path} holds a {type(entry).__name__}, expected a dict of arrays")
     # Official files are Python 2 pickles with bytes keys; rebuilt ones use str keys.
@@ -371,6 +401,26 @@ class TorchvisionSplit(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform else img), int(self.split.labels[i])
 
 
+WORK_FOLDER_PREFIXES = (".rebuild-", ".download-")  # temporary folders of rebuild_from_shared / download_cifar
+
+
+def stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Temporary folders (up to 180 MB each) left in the data folder by a rebuild or download that was
+    killed before it could clean up."""
+    base = env.data_dir(data_dir)
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith(WORK_FOLDER_PREFIXES))
+
+
+def remove_stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove what `stale_work_folders` finds (one rebuild or download at a time per data folder)."""
+    stale = stale_work_folders(data_dir)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
     """Build cifar-10-batches-py from the JPEG copy's script (used by `make data` and CI)."""
     import subprocess
@@ -381,6 +431,7 @@ def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathL
         raise DataError(f"no {script}: cannot rebuild CIFAR-10 without the shared JPEG copy")
     base = env.data_dir(data_dir)
     base.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_folders(base)
     with tempfile.TemporaryDirectory(dir=base, prefix=".rebuild-") as tmp:
         subprocess.run([sys.executable, str(script), tmp], check=True, stdout=subprocess.DEVNULL)
         target = base / LAYOUTS["cifar10"].folder
@@ -405,6 +456,7 @@ def main(argv=None) -> None:
         else:
             print(f"built {rebuild_from_shared(args.from_shared, args.data_dir)}")
     if args.download:
+        remove_stale_work_folders(args.data_dir)
         print(f"downloaded {download_cifar(args.download, args.data_dir)}")
     for name in LAYOUTS:
         if (env.data_dir(args.data_dir) / LAYOUTS[name].folder).is_dir():
@@ -412,4 +464,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with atomic.signals_raise():  # SIGTERM cleans up the temporary folder as Ctrl-C does
+        main()

@@ -39,18 +39,32 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
     )
 
 
+def _project_root_or_none() -> Path | None:
+    try:
+        return project_root()
+    except FileNotFoundError:
+        return None
+
+
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """Data folder: the argument, else $FASTCIFAR_DATA, else <root>/data."""
+    """Data folder: the argument, else $FASTCIFAR_DATA, else <root>/data inside the project, else
+    ./data (an installed package used outside the project needs no project folder)."""
     if explicit is not None:
         return Path(explicit)
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return project_root() / "data"
+    root = _project_root_or_none()
+    return (root if root is not None else Path.cwd()) / "data"
 
 
 def outputs_dir(profile: str = "full") -> Path:
-    """Committed evidence lives in outputs/; smoke runs go to outputs/smoke/ (git-ignored)."""
-    base = Path(os.environ[OUTPUTS_ENV]) if os.environ.get(OUTPUTS_ENV) else project_root() / "outputs"
+    """Committed evidence lives in outputs/; smoke runs go to outputs/smoke/ (git-ignored).
+    Outside the project (an installed package): ./outputs, unless $FASTCIFAR_OUTPUTS says otherwise."""
+    if os.environ.get(OUTPUTS_ENV):
+        base = Path(os.environ[OUTPUTS_ENV])
+    else:
+        root = _project_root_or_none()
+        base = (root if root is not None else Path.cwd()) / "outputs"
     return base if profile == "full" else base / "smoke"
 
 
@@ -147,13 +161,17 @@ PROFILES = {
 }
 
 
+class ProfileError(RuntimeError, ValueError):
+    """A profile that does not exist or cannot run here (a user's choice, reported in one line)."""
+
+
 def resolve_profile(requested: str = "auto") -> Profile:
     if requested == "auto":
         return PROFILES["full" if torch.cuda.is_available() else "smoke"]
     if requested not in PROFILES:
-        raise ValueError(f"profile must be 'auto', 'full' or 'smoke', not {requested!r}")
+        raise ProfileError(f"profile must be 'auto', 'full' or 'smoke', not {requested!r}")
     if requested == "full" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'full' measures GPU latency and needs a CUDA GPU, and none is "
+        raise ProfileError("profile 'full' measures GPU latency and needs a CUDA GPU, and none is "
                            "visible; use profile='smoke' (or 'auto') on this machine")
     return PROFILES[requested]
 

@@ -111,13 +111,11 @@ class Variant:
 # ---------------------------------------------------------------- BatchNorm folding
 
 def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv whose output equals bn(conv(x)) in eval mode: w' = w * g / s, b' = (b - mu) * g / s + beta."""
-    fused = copy.deepcopy(conv)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach())
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias = nn.Parameter(((bias - bn.running_mean) * scale + bn.bias).detach())
-    return fused
+    """A conv whose output equals bn(conv(x)) in eval mode, by torch's own arithmetic
+    (w' = w * g * rsqrt(var + eps), b' = (b - mu) * g * rsqrt(var + eps) + beta)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv.eval(), bn.eval())
 
 
 def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
@@ -287,7 +285,7 @@ def evaluated(model: nn.Module, spec: Spec, val: tuple, test: tuple, allow_compi
     row = {"precision": spec.precision, "accuracy": accuracy(variant, *test), "val_accuracy": accuracy(variant, *val),
            "memory_format": "channels_last" if spec.channels_last else "contiguous",
            "compile_mode": spec.compile_mode or "", "cuda_graph": spec.cuda_graph, "fold_bn": spec.fold_bn,
-           "compile_s": variant.compile_s if variant.compile_s is not None else "",
+           "compile_s": variant.compile_s if variant.compile_s is not None else float("nan"),
            "size_mb": size_mb(variant.module), "params": count_params(variant.module),
            "notes": "; ".join(variant.notes)}
     return variant, row
@@ -321,14 +319,15 @@ def sweep(model: nn.Module, model_name: str, specs: dict[str, Spec], val: tuple,
         if test[0].device.type == "cuda":
             torch.cuda.empty_cache()
     df = _with_all_columns(pd.DataFrame(rows))
-    lat = pd.to_numeric(df.lat_p95_ms, errors="coerce")
-    df["speedup"] = lat.iloc[0] / lat
+    df["speedup"] = df.lat_p95_ms.iloc[0] / df.lat_p95_ms
     return df, samples
 
 
 def _with_all_columns(df):
-    """Every results column present (NaN where a figure does not exist here, e.g. GPU time on a CPU)."""
-    return df.reindex(columns=list(dict.fromkeys([*bench.RESULT_COLUMNS, *df.columns])))
+    """Every results column present (NaN where a figure does not exist here, e.g. GPU time on a CPU),
+    numeric columns as numbers."""
+    df = df.reindex(columns=list(dict.fromkeys([*bench.RESULT_COLUMNS, *df.columns])))
+    return bench.numeric_columns(df)
 
 
 def remeasure(entries: list[dict], val: tuple, test: tuple, runs: int, warmup_iters: int, measure_iters: int,

@@ -1,31 +1,50 @@
 """Re-execute the notebook series headlessly with papermill.
 
-    python -m fastcifar.pipeline [--profile auto|full|smoke] [--only J1 J3] [-p name=value ...]
+    python -m fastcifar.pipeline [--profile auto|full|smoke] [--only J1 J3] [-p name=value] [-p J2.name=value]
 
-Executed copies go to outputs/notebooks/ (full profile) or outputs/smoke/notebooks/, with a
-timing table. Notebooks run in order, in one process tree, so checkpoints written by J2/J3 are
-there for J4/J5 and the teacher never has to leave the machine it was trained on.
+Executed copies go to outputs/notebooks/ (full profile) or outputs/smoke/notebooks/, with a timing
+table. Notebooks run in order, in one process tree, so checkpoints written by J2/J3 are there for J4/J5
+and the teacher never has to leave the machine it was trained on.
+
+Parameters: `-p epochs=5` goes to every selected notebook that declares `epochs`; `-p J2.epochs=5` to J2
+only (and wins over a global value there). Values are checked against each notebook's parameters cell
+(names and types) before anything runs. The profile is chosen with --profile only.
+
+Failures and interruptions: a notebook that fails is kept as `<name>.failed.ipynb` beside the executed
+copies (the traceback is in it) and the pipeline exits non-zero naming the notebook and the cell. The
+results files of the output folder (its top-level files and figures/) are snapshotted before each
+notebook and put back when the notebook fails or the run is stopped (Ctrl-C, SIGTERM), so they always
+match the executed notebooks that are kept. A run killed outright (SIGKILL) leaves the snapshot and
+temporary files; the next start puts the snapshot back and removes the temporaries, and the data
+folder's half-built `.rebuild-*` folders.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as _dt
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from . import atomic, env
+from .notebook_params import ParameterError, notebook_parameters, resolve
 
 NOTEBOOKS = ["J1", "J2", "J3", "J4", "J5"]
+SNAPSHOT_DIR = ".pipeline-snapshot"
+FAILED_SUFFIX = ".failed.ipynb"
 
 
-def notebook_paths(root: Path | None = None) -> dict[str, Path]:
+class NotebookFailed(RuntimeError):
+    """A notebook raised while it ran; the message names it, the cell and the kept executed copy."""
+
+
+def notebook_paths(root: Path | None = None, which: list[str] | None = None) -> dict[str, Path]:
     folder = (root or env.project_root()) / "notebooks"
     found = {}
-    for nb in NOTEBOOKS:
+    for nb in which or NOTEBOOKS:
         matches = sorted(folder.glob(f"{nb}_*.ipynb"))
         if len(matches) != 1:
             raise FileNotFoundError(f"expected one notebook {folder}/{nb}_*.ipynb, found {len(matches)}")
@@ -34,59 +53,180 @@ def notebook_paths(root: Path | None = None) -> dict[str, Path]:
 
 
 def parse_params(pairs: list[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"parameters are name=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
+    """`-p` texts as {name or NOTEBOOK.name: Python literal or text} (no checks against notebooks)."""
+    from .notebook_params import literal, split_assignments
+
+    return {(f"{scope}." if scope else "") + name: literal(value) for scope, name, value in split_assignments(pairs)}
 
 
-def run(profile: str = "auto", only: list[str] | None = None, params: dict | None = None,
-        progress: bool = True) -> list[dict]:
+def _as_pairs(params) -> list[str]:
+    if params is None:
+        return []
+    if isinstance(params, dict):  # programmatic use: values as Python objects
+        return [f"{k}={v if isinstance(v, str) else repr(v)}" for k, v in params.items()]
+    return list(params)
+
+
+def check_params(params, paths: dict[str, Path]) -> dict[str, dict]:
+    """Values for each notebook of `paths`, checked against its parameters cell (ParameterError)."""
+    return resolve(_as_pairs(params), {nb: notebook_parameters(path) for nb, path in paths.items()})
+
+
+# ---------------------------------------------------------------- results snapshot
+
+def results_files(out_dir: Path) -> list[Path]:
+    """What a notebook writes as results: the output folder's top-level files and its figures."""
+    files = [p for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")] if out_dir.is_dir() else []
+    figures = out_dir / "figures"
+    if figures.is_dir():
+        files += [p for p in figures.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted(files)
+
+
+def take_snapshot(out_dir: Path) -> Path:
+    """Copy the results files into out_dir/.pipeline-snapshot; the manifest, written last, makes it valid."""
+    snap = out_dir / SNAPSHOT_DIR
+    shutil.rmtree(snap, ignore_errors=True)
+    snap.mkdir(parents=True)
+    kept = []
+    for i, path in enumerate(results_files(out_dir)):
+        shutil.copy2(path, snap / f"{i:05d}")
+        kept.append(str(path.relative_to(out_dir)))
+    atomic.write_text(snap / "manifest.json", json.dumps(kept))
+    return snap
+
+
+def restore_snapshot(out_dir: Path) -> bool:
+    """Put the results files back as they were at the snapshot (files created since are removed).
+    False when there is no valid snapshot (it is then only removed)."""
+    snap = out_dir / SNAPSHOT_DIR
+    manifest = snap / "manifest.json"
+    if not manifest.is_file():
+        shutil.rmtree(snap, ignore_errors=True)
+        return False
+    kept = json.loads(manifest.read_text())
+    for path in results_files(out_dir):
+        if str(path.relative_to(out_dir)) not in kept:
+            path.unlink()
+    for i, rel in enumerate(kept):
+        os.replace(snap / f"{i:05d}", out_dir / rel)
+    shutil.rmtree(snap)
+    return True
+
+
+def discard_snapshot(out_dir: Path) -> None:
+    shutil.rmtree(out_dir / SNAPSHOT_DIR, ignore_errors=True)
+
+
+def clean_stale(out_dir: Path, data_dir: Path | None = None) -> list[str]:
+    """Undo what a run killed outright left: put its snapshot back, remove temporary files under
+    out_dir and half-built data folders. Returns what was done, one line each."""
+    from .data import remove_stale_work_folders
+
+    done = []
+    if (out_dir / SNAPSHOT_DIR).exists() and restore_snapshot(out_dir):
+        done.append(f"results in {out_dir} put back as they were before an interrupted notebook")
+    for tmp in atomic.stale_temporaries(out_dir):
+        tmp.unlink(missing_ok=True)
+        done.append(f"removed {tmp}")
+    if data_dir is not None:
+        done += [f"removed {folder}" for folder in remove_stale_work_folders(data_dir)]
+    return done
+
+
+# ---------------------------------------------------------------- running
+
+def _failure_message(nb: str, kept: Path, exc) -> str:
+    source = (getattr(exc, "source", "") or "").strip().splitlines()
+    first = f" `{source[0][:80]}`" if source else ""
+    return (f"{nb} failed in cell {exc.cell_index} (execution count {exc.exec_count}){first}: "
+            f"{exc.ename}: {str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed copy kept at {kept}")
+
+
+def run(profile: str = "auto", only: list[str] | None = None, params=None, progress: bool = True,
+        paths: dict[str, Path] | None = None) -> list[dict]:
+    """Run the selected notebooks in order. `params`: `-p` texts, or a dict {name or NB.name: value}.
+
+    Raises ParameterError (a user mistake, before anything runs) or NotebookFailed."""
     import papermill as pm
 
-    prof = env.resolve_profile(profile)
-    root = env.project_root()
-    selected = only or NOTEBOOKS
+    selected = list(only or NOTEBOOKS)
     unknown = [nb for nb in selected if nb not in NOTEBOOKS]
     if unknown:
-        raise ValueError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
-    paths = notebook_paths(root)
-    out_dir = env.outputs_dir(prof.name) / "notebooks"
+        raise ParameterError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
+    prof = env.resolve_profile(profile)
+    root = env.project_root()
+    paths = {nb: p for nb, p in (paths or notebook_paths(root, selected)).items() if nb in selected}
+    values = check_params(params, paths)
+
+    out_base = env.outputs_dir(prof.name)
+    out_dir = out_base / "notebooks"
+    for line in clean_stale(out_base, env.data_dir()):
+        print(f"[pipeline] {line}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
     for nb in selected:
         source = paths[nb]
         target = out_dir / source.name
+        failed = out_dir / (source.stem + FAILED_SUFFIX)
         print(f"[pipeline] {nb}: {os.path.relpath(source)} -> {os.path.relpath(target)}", flush=True)
         t0 = time.perf_counter()
-        with atomic.atomic_path(target) as tmp:
-            pm.execute_notebook(str(source), str(tmp), parameters={"profile": prof.name, **(params or {})},
-                                cwd=str(root), kernel_name="python3", progress_bar=progress, log_output=False)
+        take_snapshot(out_base)
+        try:
+            with atomic.atomic_path(target) as tmp:
+                try:
+                    pm.execute_notebook(str(source), str(tmp), parameters={**values[nb], "profile": prof.name},
+                                        cwd=str(root), kernel_name="python3", progress_bar=progress,
+                                        log_output=False)
+                except pm.PapermillExecutionError as exc:
+                    atomic.move_into_place(tmp, failed)  # papermill wrote the executed copy, traceback included
+                    raise NotebookFailed(_failure_message(nb, failed, exc)) from exc
+        except BaseException:
+            # The kernel is shut down by now: what it was writing atomically is dead temporaries.
+            restore_snapshot(out_base)
+            for stale in atomic.stale_temporaries(out_base):
+                stale.unlink(missing_ok=True)
+            raise
+        discard_snapshot(out_base)
+        failed.unlink(missing_ok=True)  # an older failure of this notebook is superseded
         timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"[pipeline] {nb} done in {timings[-1]['seconds']} s", flush=True)
     summary = {"profile": prof.name, "device": env.device_name(), "git_commit": env.git_commit(),
                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "parameters": {nb: values[nb] for nb in selected if values[nb]},
                "notebooks": timings, "total_s": round(sum(t["seconds"] for t in timings), 1)}
-    atomic.write_text(env.outputs_dir(prof.name) / f"pipeline_{'_'.join(selected)}.json", json.dumps(summary, indent=2))
+    atomic.write_text(out_base / f"pipeline_{'_'.join(selected)}.json", json.dumps(summary, indent=2))
     print(f"[pipeline] total {summary['total_s']} s on {summary['device']} ({prof.name})")
     return timings
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _OneLineParser(prog="python -m fastcifar.pipeline", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="auto", choices=["auto", "full", "smoke"])
-    ap.add_argument("--only", nargs="+", metavar="J", help=f"subset of {NOTEBOOKS}")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="notebook parameter passed to every selected notebook")
+    ap.add_argument("--only", nargs="+", metavar="J", choices=NOTEBOOKS, help=f"subset of {NOTEBOOKS}")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="[NB.]NAME=VALUE",
+                    help="notebook parameter: to every selected notebook that has it, or to NB only")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    run(args.profile, args.only, parse_params(args.param), progress=not args.no_progress)
+    try:
+        with atomic.signals_raise():
+            run(args.profile, args.only, args.param, progress=not args.no_progress)
+    except (ParameterError, env.ProfileError, FileNotFoundError) as exc:  # FileNotFoundError: no project or notebook
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except NotebookFailed as exc:
+        print(f"{ap.prog}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"{ap.prog}: {exc or 'interrupted'}; temporary files removed, results put back as before "
+              "the interrupted notebook", file=sys.stderr)
+        return 143 if isinstance(exc, atomic.Terminated) else 130
     return 0
 
 

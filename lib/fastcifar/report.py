@@ -207,14 +207,18 @@ def aggregate_runs(df):
     """One row per id from repeated runs: latency columns averaged, p95 spread across runs added."""
     import pandas as pd
 
-    numeric = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
+    from .bench import numeric_columns
+
+    df = numeric_columns(df.copy())
+    timing = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
     out = []
     for vid, group in df.groupby("id", sort=False):
         row = group.iloc[0].copy()
-        for c in numeric:
-            row[c] = pd.to_numeric(group[c], errors="coerce").mean()
-        p95 = pd.to_numeric(group["lat_p95_ms"], errors="coerce")
-        row["run"] = f"mean of {len(group)}"
+        for c in timing:
+            row[c] = pd.to_numeric(group[c]).mean()
+        p95 = pd.to_numeric(group["lat_p95_ms"])
+        row["run"] = np.nan  # an aggregate of several runs; `runs` says how many (run stays a number column)
+        row["runs"] = len(group)
         row["p95_spread_pct"] = 100 * (p95.max() - p95.min()) / p95.min() if len(group) > 1 else 0.0
         out.append(row)
     return pd.DataFrame(out).reset_index(drop=True)
@@ -304,33 +308,115 @@ def training_curves(histories: dict, path=None):
     return _save(fig, path)
 
 
-def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy_column: str = "accuracy"):
-    """Test accuracy against p95 latency (log scale); the frontier joins variants no other beats on both."""
+def pareto_frontier(latency, accuracy) -> list[int]:
+    """Positions of the points no other point beats on both axes (lower latency, higher accuracy),
+    ordered by latency: the staircase a faster-or-better choice walks along."""
+    order = sorted(range(len(latency)), key=lambda i: (latency[i], -accuracy[i]))
+    frontier, best = [], -np.inf
+    for i in order:
+        if accuracy[i] > best:
+            frontier.append(i)
+            best = accuracy[i]
+    return frontier
+
+
+def _plain_ms(value, _pos=None) -> str:
+    """Tick label of a log latency axis in plain milliseconds: 0.2, 0.5, 1, 2, 5, 10."""
+    return f"{value:g}"
+
+
+def _place_labels(ax, xs, ys, texts, fontsize: float = 7) -> list:
+    """Annotate each point with its text where the label covers no other label and no marker: try
+    positions around the point at growing distances (a thin leader line when it ends up away)."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72
+    points = ax.transData.transform(np.column_stack([xs, ys]))
+    r = 4 * px_per_pt
+    taken = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in points]
+    area = ax.get_window_extent(renderer)
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    annotations = []
+    for (x, y), text in sorted(zip(points, texts), key=lambda item: item[0][0]):
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = box.width, box.height
+        chosen = None
+        for step in range(1, 9):
+            gap = r * step
+            for dx, dy in directions:
+                left = x + dx * gap - (w if dx < 0 else w / 2 if dx == 0 else 0)
+                bottom = y + dy * gap - (h if dy < 0 else h / 2 if dy == 0 else 0)
+                cand = Bbox.from_bounds(left, bottom, w, h)
+                inside = area.x0 <= cand.x0 and cand.x1 <= area.x1 and area.y0 <= cand.y0 and cand.y1 <= area.y1
+                if inside and not any(cand.overlaps(t) for t in taken):
+                    chosen = (cand, step)
+                    break
+            if chosen:
+                break
+        if chosen is None:  # crowded beyond help: first position, it may overlap
+            chosen = (Bbox.from_bounds(x + r, y + r, w, h), 1)
+        cand, step = chosen
+        taken.append(cand)
+        offset = ((cand.x0 - x) / px_per_pt, (cand.y0 - y) / px_per_pt)
+        arrow = {"arrowstyle": "-", "lw": 0.7, "color": "0.35", "shrinkA": 0, "shrinkB": 3} if step > 1 else None
+        annotations.append(ax.annotate(text, ax.transData.inverted().transform((x, y)), xytext=offset,
+                                       textcoords="offset points", fontsize=fontsize, ha="left", va="bottom",
+                                       arrowprops=arrow))
+    return annotations
+
+
+def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy_column: str = "accuracy",
+                floor_ms: float | None = None, latency_column: str = "lat_p95_ms"):
+    """Accuracy (`accuracy_column`) against p95 latency at batch 1 (log axis, plain ms labels).
+
+    The Pareto frontier (no other variant is both faster and more accurate) is drawn as a staircase
+    through its points; `floor_ms` marks the launch floor (J1) as a vertical line."""
     import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    d = df.assign(_lat=pd.to_numeric(df.lat_p95_ms, errors="coerce"),
+    d = df.assign(_lat=pd.to_numeric(df[latency_column], errors="coerce"),
                   _acc=pd.to_numeric(df[accuracy_column], errors="coerce")).dropna(subset=["_lat", "_acc"])
+    d = d[d._lat > 0].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter(d._lat, d._acc, c="C0")
-    for _, r in d.iterrows():
-        ax.annotate(str(r["id"]), (r._lat, r._acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    frontier, best = [], -np.inf
-    for _, r in d.sort_values(["_lat", "_acc"], ascending=[True, False]).iterrows():
-        if r._acc > best:
-            frontier.append((r._lat, r._acc))
-            best = r._acc
+    ax.set_xscale("log")
+    lats = list(d._lat) + ([floor_ms] if floor_ms else [])
+    if lats:
+        lo, hi = min(lats) / 1.6, max(lats) * 1.6
+        ax.set_xlim(lo, hi)
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+                 for m in (1, 2, 5)]
+        ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_ms))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    accs = list(d._acc) + [bar]
+    span = max(accs) - min(accs) or 1.0
+    ax.set_ylim(min(accs) - 0.15 * span, max(accs) + 0.25 * span)
+    ax.scatter(d._lat, d._acc, c="C0", zorder=3)
+    frontier = pareto_frontier(list(d._lat), list(d._acc))
     if frontier:
-        ax.step(*zip(*frontier), where="post", c="C1", lw=1, label="Pareto frontier")
+        f = d.iloc[frontier]
+        ax.plot(f._lat, f._acc, c="C1", lw=1.2, marker="o", mfc="none", ms=9, drawstyle="steps-post",
+                label="Pareto frontier", zorder=2)
     if final_id is not None and (d["id"] == final_id).any():
         r = d[d["id"] == final_id].iloc[0]
-        ax.scatter([r._lat], [r._acc], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"final: {final_id}")
+        ax.scatter([r._lat], [r._acc], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"final: {final_id}",
+                   zorder=4)
     ax.axhline(bar, c="C2", ls=":", label=f"bar {bar:g}%")
-    ax.set_xscale("log")
-    ax.set(xlabel="p95 latency at batch 1 (ms, log scale)", ylabel=f"{accuracy_column.replace('_', ' ')} (%)",
-           title="Accuracy against latency")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    if floor_ms:
+        ax.axvline(floor_ms, c="0.4", ls="--", lw=1, label=f"launch floor {floor_ms:.3g} ms")
+        ax.annotate("launch floor", (floor_ms, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", fontsize=7, color="0.3", ha="left", va="top", rotation=90)
+    ax.set(xlabel=f"{latency_column.replace('_ms', '').replace('lat_', '')} latency at batch 1 (ms, log scale)",
+           ylabel=f"{accuracy_column.replace('_', ' ')} (%)", title="Accuracy against latency")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    _place_labels(ax, list(d._lat), list(d._acc), [str(i) for i in d["id"]])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # outside: covers no point
     return _save(fig, path)
 
 

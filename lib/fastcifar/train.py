@@ -154,6 +154,24 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("epochs", "checkpoint_every")}
 
 
+_NOT_RECORDED = "(not recorded)"
+
+
+def resume_mismatch(ckpt: dict, config: dict, data_source: str, train_images: int) -> dict[str, tuple]:
+    """{key: (checkpoint's value, this run's value)} for everything a resumed run must share with the
+    checkpoint: the settings (epochs may grow, not shrink), the data fingerprint and the training-set size."""
+    old_cfg = ckpt.get("config", {})
+    old = {**_comparable(old_cfg), "data_source": ckpt.get("data_source", _NOT_RECORDED),
+           "train_images": ckpt.get("train_images", _NOT_RECORDED)}
+    new = {**_comparable(config), "data_source": data_source, "train_images": train_images}
+    differ = {k: (old.get(k, _NOT_RECORDED), new.get(k, _NOT_RECORDED)) for k in dict.fromkeys([*old, *new])
+              if old.get(k, _NOT_RECORDED) != new.get(k, _NOT_RECORDED)}
+    done = int(ckpt.get("epoch", 0))
+    if config["epochs"] < done:
+        differ["epochs"] = (f"{done} already run", config["epochs"])
+    return differ
+
+
 def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, model_name: str, ckpt_dir: str | Path,
         device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train `model` (an instance of `model_name`) on splits.train, choosing on splits.val.
@@ -190,9 +208,11 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
 
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, model_name)
-        if _comparable(ckpt.get("config", {})) != _comparable(config):
-            raise CheckpointError(f"{last_path} was trained with other settings ({ckpt.get('config')}); "
-                                  "delete it or call fit(..., resume=False)")
+        differ = resume_mismatch(ckpt, config, splits.source, len(splits.train))
+        if differ:
+            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
+            raise CheckpointError(f"cannot resume from {last_path}: {changes}; delete it or call "
+                                  "fit(..., resume=False)")
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -204,7 +224,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
 
     def extra(epoch: int) -> dict:
         return {"config": config, "epoch": epoch, "history": history, "best_val_acc": best_acc,
-                "data_source": splits.source, "versions": env.versions()}
+                "data_source": splits.source, "train_images": len(splits.train), "versions": env.versions()}
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     wall0 = time.perf_counter()
