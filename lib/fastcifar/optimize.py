@@ -174,6 +174,9 @@ def capture_cuda_graph(fn: Callable, example: torch.Tensor, warmup: int = 3) -> 
         return static_out.clone()
 
     replay.graph = graph
+    # The graph reads fn's buffers (weights, activations) by address: keep fn, and so everything its
+    # closure holds, alive as long as the replay is; freed and reused memory would be read silently.
+    replay.captured = fn
     return replay
 
 
