@@ -26,9 +26,15 @@ from . import atomic, config as configs, data, env, models, rundir, train
 USER_ERRORS = (configs.ConfigError, data.DataError, train.CheckpointError)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other user mistake
+        usage = " ".join(self.format_usage().split()).replace("usage: ", "")
+        raise configs.ConfigError(f"{message}; usage: {usage} [overrides]")
+
+
 def _parser(command: str, description: str, needs_checkpoint: bool) -> argparse.ArgumentParser:
     keys = "\n".join(f"  {k.name:<22} {k.help}" for k in configs.KEYS)
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog=f"python -m fastcifar.{command}", allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
         epilog=f"overrides: --KEY VALUE, --KEY=VALUE or KEY=VALUE (values read as YAML). Keys:\n{keys}")
@@ -44,12 +50,12 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
 
     Returns the exit status: 0, or 2 for a user's mistake (one message, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args, rest = _parser(command, description, needs_checkpoint).parse_known_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage line and message
-        return int(exc.code or 0)
     run = None
     try:
+        try:
+            args, rest = _parser(command, description, needs_checkpoint).parse_known_args(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
         config = configs.load(args.config, configs.parse_overrides(rest))
         checkpoint = None
         if needs_checkpoint:

@@ -245,12 +245,14 @@ def parse_overrides(tokens: list[str]) -> dict:
 
 def resolve(raw: dict, overrides: dict | None = None, source: str = "config", check_data: bool = True) -> dict:
     """Defaults <- file <- overrides, every key checked; the data folder must exist when check_data."""
-    resolved = defaults()
+    resolved, given = defaults(), {}
     for layer, where in ((raw, source), (overrides or {}, "command line")):
         for name, value in layer.items():
             if not isinstance(name, str) or name not in KEY:
                 raise ConfigError(f"{where}: unknown key {name!r}{_suggest(str(name))}")
-            resolved[name] = check_value(name, value, where)
+            given[name] = (value, where)  # an override replaces the file's value before it is checked
+    for name, (value, where) in given.items():
+        resolved[name] = check_value(name, value, where)
     if resolved["lr_finder_min"] >= resolved["lr_finder_max"]:
         raise ConfigError(f"{source}: lr_finder_min ({resolved['lr_finder_min']:g}) must be below lr_finder_max "
                           f"({resolved['lr_finder_max']:g})")
