@@ -165,3 +165,14 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv(env.DATA_ENV, str(data))
     monkeypatch.setenv(env.OUTPUTS_ENV, str(outputs))
     return {"data": data, "outputs": outputs}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread: for tiny models a second thread costs more than it saves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

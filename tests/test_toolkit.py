@@ -17,6 +17,7 @@ import yaml
 from conftest import make_cifar
 from fastcifar import cli, commands, config, evaluate, grid_search, lr_finder, models, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR100_YAML = ROOT / "configs" / "cifar100.yaml"
 
@@ -24,15 +25,6 @@ CIFAR100_YAML = ROOT / "configs" / "cifar100.yaml"
 TINY = ["val_size=100", "blocks=[1,1,1]", "widths=[8,16,32]", "batch_size=64", "max_epochs=2", "overfit_images=16",
         "overfit_steps=4", "lr_finder_steps=12", "grid_epochs=1", "grid_lr=[0.001,0.003]", "grid_weight_decay=[1.0e-4]",
         "grid_blocks=[[1,1,1]]", "grid_widths=[[8,16,32],[4,8,16]]", "device=cpu", "progress=false"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: handing each small op to a second thread costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +54,13 @@ def runs(outputs: Path, command: str) -> set:
 
 @pytest.fixture(scope="module")
 def trained(cifar100, outputs):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_torch_thread does, for this module-wide run
     before = runs(outputs, "train")
-    assert train.main(args(cifar100, outputs)) == 0
+    try:
+        assert train.main(args(cifar100, outputs)) == 0
+    finally:
+        torch.set_num_threads(threads)
     return only_run(outputs, "train", before)
 
 

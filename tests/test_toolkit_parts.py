@@ -13,6 +13,8 @@ from torch import nn
 
 from fastcifar import cli, data, env, evaluate, lr_finder, models, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---------------------------------------------------------------- the custom ResNet
 
@@ -39,6 +41,8 @@ def test_custom_resnet_has_the_reports_structure(blocks, widths):
     assert [len(stage) for stage in model.stages] == blocks
     assert model.stem[0].kernel_size == (3, 3) and isinstance(model.stem[1], nn.BatchNorm2d)
     assert isinstance(model.pool, nn.AdaptiveAvgPool2d) and model.head.in_features == widths[-1]
+    if widths[-1] > 64:
+        return  # the forward pass below is checked on the small settings (seconds on a CPU otherwise)
     feats = model.stages(model.stem(torch.randn(2, 3, 32, 32)))
     assert feats.shape == (2, widths[-1], 8, 8)  # stages 2 and 3 halve the map
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
