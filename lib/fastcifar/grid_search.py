@@ -56,7 +56,7 @@ def grid_figure(results, histories: dict, path, title: str):
     best_point = int(ranked.iloc[0].point)
     for point, history in histories.items():
         is_best = point == best_point
-        ax_curve.plot(history.epoch, history.val_acc, color="C2" if is_best else "0.6", lw=2 if is_best else 0.8,
+        ax_curve.plot(history.epoch, history.val_acc, "o-", ms=3, color="C2" if is_best else "0.6", lw=2 if is_best else 0.8,
                       zorder=3 if is_best else 1, label="best point" if is_best else None)
     ax_curve.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy per epoch")
     ax_curve.legend(fontsize=8)
