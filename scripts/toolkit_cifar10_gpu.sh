@@ -47,8 +47,8 @@ stage() {
     echo "=== $name: $((SECONDS - t0)) s" | tee -a "$LOGS/timings.txt"
 }
 
-{ nvidia-smi || true; "$PYTHON" -c "from fastcifar import env; import json; print(json.dumps(env.environment_report(), indent=2))"; } \
-    > "$LOGS/environment.txt" 2>&1
+# Library versions and the device are in each run's run.json; the GPU's own report goes beside them.
+{ nvidia-smi || echo "no nvidia-smi"; } > "$LOGS/nvidia-smi.txt" 2>&1
 stage train train "${COMMON[@]}"
 TRAIN_RUN=$(ls -d "$RUNS"/cifar10/train-* | tail -n 1)
 stage lr_finder lr_finder "${COMMON[@]}"

@@ -231,9 +231,10 @@ def test_a_checkpoint_of_another_dataset_is_refused(tmp_path, cifar100, capsys):
     assert "10 classes" in one_error_line(capsys)
 
 
-def test_the_process_exits_2_without_a_traceback(tmp_path, cifar100):
+@pytest.mark.parametrize("command", [["fastcifar", "train"], ["fastcifar.train"]])
+def test_the_process_exits_2_without_a_traceback(tmp_path, cifar100, command):
     path = write_config(tmp_path, cifar100, batch_sise=64)
-    proc = subprocess.run([sys.executable, "-m", "fastcifar", "train", "--config", str(path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", *command, "--config", str(path)], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "did you mean 'batch_size'" in proc.stderr

@@ -3,6 +3,11 @@ images, one epoch, tiny widths. Skipped where the copy is absent."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -55,3 +60,25 @@ def test_all_four_commands_on_the_cifar10_copy(tmp_path):
 
     assert cli.main(["grid_search", *common]) == 0
     assert len(pd.read_csv(newest(tmp_path, "grid_search") / "grid_results.csv")) == 2
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_gpu_script_runs_the_workflow_and_packs_one_archive_without_weights(tmp_path, cifar_factory):
+    # The script's own config (cifar10.yaml) on a small generated CIFAR-10, tiny model, on the CPU.
+    generated = cifar_factory("cifar10", per_file=40)
+    out = tmp_path / "out"
+    env_vars = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "FASTCIFAR_COMMIT": "test"}
+    overrides = [f"data_dir={generated.base}", "val_size=50", *SMOKE]
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "toolkit_cifar10_gpu.sh"), str(out), *overrides],
+                          capture_output=True, text=True, env=env_vars, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["toolkit", "toolkit_cifar10.tar.gz"]
+    with tarfile.open(out / "toolkit_cifar10.tar.gz") as archive:
+        names = archive.getnames()
+    assert not [n for n in names if n.endswith(".pth")]
+    for command, output in (("train", "model_log.csv"), ("lr_finder", "lr_finder.png"),
+                            ("grid_search", "grid_results.md"), ("evaluate", "confusion_matrix.png")):
+        assert [n for n in names if f"/{command}-" in n and n.endswith(output)], command
+    assert "toolkit/logs/timings.txt" in names and "toolkit/logs/train.log" in names
+    evaluated = [n for n in names if n.endswith("metrics.json")]
+    assert len(evaluated) == 1
