@@ -34,7 +34,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean, std, device, batch
 
 
 def metrics(logits: torch.Tensor, labels: np.ndarray, num_classes: int) -> dict:
-    """Loss, top-1/top-5 accuracy (%; top-5 is top-k with k = min(5, classes)), per-class accuracy (%) and confusion matrix (rows: true class)."""
+    """Loss, top-1 and top-5 accuracy (%; top-k with k = min(5, classes)), per-class accuracy (%) and
+    the confusion matrix (rows: true class, columns: predicted)."""
     y = torch.as_tensor(labels, dtype=torch.long)
     loss = F.cross_entropy(logits, y).item()
     k = min(5, num_classes)

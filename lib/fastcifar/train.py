@@ -3,9 +3,9 @@
 Recipe (J3-03, one place): SGD momentum 0.9 (Nesterov), weight decay 5e-4, learning rate 0.1 at
 batch 128 scaled linearly with the batch, a short linear warm-up then cosine decay to zero, optional
 label smoothing and cutout. The config-driven commands (CIFAR-100 report) may choose Adam or AdamW
-and a constant learning rate instead, and log to TensorBoard. On CUDA: bf16 autocast and channels_last. Data comes from the
-GPU-resident loader. Checkpoints: `<name>_best.pth` (best validation accuracy, never test) and
-`<name>_last.pth` (for resuming), both written atomically.
+and a constant learning rate instead, and log to TensorBoard. On CUDA: bf16 autocast and
+channels_last. Data comes from the GPU-resident loader. Checkpoints: `<name>_best.pth` (best
+validation accuracy, never test) and `<name>_last.pth` (for resuming), both written atomically.
 """
 from __future__ import annotations
 
