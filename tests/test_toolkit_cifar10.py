@@ -67,12 +67,14 @@ def test_gpu_script_runs_the_workflow_and_packs_one_archive_without_weights(tmp_
     # The script's own config (cifar10.yaml) on a small generated CIFAR-10, tiny model, on the CPU.
     generated = cifar_factory("cifar10", per_file=40)
     out = tmp_path / "out"
-    env_vars = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "FASTCIFAR_COMMIT": "test"}
+    env_vars = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "FASTCIFAR_COMMIT": "test",
+                "TOOLKIT_WORK": str(tmp_path / "work")}
     overrides = [f"data_dir={generated.base}", "val_size=50", *SMOKE]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "toolkit_cifar10_gpu.sh"), str(out), *overrides],
                           capture_output=True, text=True, env=env_vars, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["toolkit", "toolkit_cifar10.tar.gz"]
+    assert [p.name for p in out.iterdir()] == ["toolkit_cifar10.tar.gz"]  # one file comes back from the GPU machine
+    assert list((tmp_path / "work" / "toolkit" / "cifar10").glob("train-*/model_best.pth"))  # weights stay there
     with tarfile.open(out / "toolkit_cifar10.tar.gz") as archive:
         names = archive.getnames()
     assert not [n for n in names if n.endswith(".pth")]
@@ -82,3 +84,8 @@ def test_gpu_script_runs_the_workflow_and_packs_one_archive_without_weights(tmp_
     assert "toolkit/logs/timings.txt" in names and "toolkit/logs/train.log" in names
     evaluated = [n for n in names if n.endswith("metrics.json")]
     assert len(evaluated) == 1
+    runs = tmp_path / "work" / "toolkit" / "cifar10"
+    grid_best = json.loads(next(runs.glob("grid_search-*/run.json")).read_text())["result"]["best"]
+    trained = json.loads(next(runs.glob("train-*/run.json")).read_text())["config"]
+    assert (trained["lr"], trained["blocks"], trained["widths"]) == (grid_best["lr"], grid_best["blocks"],
+                                                                    grid_best["widths"])  # trained the grid's choice
