@@ -9,7 +9,8 @@
 #
 # The runs themselves (checkpoints included) go to $TOOLKIT_WORK (default: a new folder under /tmp).
 # Unpacked with `tar -xzf toolkit_cifar10.tar.gz -C outputs/`, the runs land in outputs/toolkit/cifar10/.
-# KEY=VALUE overrides go to every command (e.g. `train_limit=2000 max_epochs=1` for a quick try).
+# KEY=VALUE overrides go to every command (e.g. `train_limit=2000 max_epochs=1` for a quick try), except
+# that training keeps the lr, weight_decay, blocks and widths the grid chose.
 # Needs python3 with torch (pyyaml; tensorboard optional), CIFAR-10 under data/ (or $FASTCIFAR_DATA);
 # the project need not be installed. Set FASTCIFAR_COMMIT where the copy has no .git.
 # Cost, estimated: about 24 grid epochs and 20 training epochs of 45,000 images, plus a 200-step sweep;
@@ -59,8 +60,13 @@ stage() {
 stage lr_finder lr_finder "${COMMON[@]}"
 stage grid_search grid_search "${COMMON[@]}"
 GRID_RUN=$(ls -d "$RUNS"/cifar10/grid_search-* | tail -n 1)
-# The grid chose on validation accuracy; its best_config.yaml is the whole config with that point.
-stage train train --config "$GRID_RUN/best_config.yaml" "output_dir=$RUNS" "$@"
+# The grid chose on validation accuracy; its best_config.yaml is the whole config with that point, and
+# the keys the grid chose keep their chosen values over the overrides given to this script.
+TRAIN_OVERRIDES=()
+for arg in "$@"; do
+    case "$arg" in lr=*|weight_decay=*|blocks=*|widths=*) ;; *) TRAIN_OVERRIDES+=("$arg") ;; esac
+done
+stage train train --config "$GRID_RUN/best_config.yaml" "output_dir=$RUNS" ${TRAIN_OVERRIDES[@]+"${TRAIN_OVERRIDES[@]}"}
 TRAIN_RUN=$(ls -d "$RUNS"/cifar10/train-* | tail -n 1)
 stage evaluate evaluate --config "$TRAIN_RUN/config.yaml" --checkpoint "$TRAIN_RUN/model_best.pth"
 echo "=== total: $SECONDS s" | tee -a "$LOGS/timings.txt"
