@@ -5,9 +5,14 @@
 An untrained model is trained for `lr_finder_steps` steps with the config's optimizer, batch size and
 augmentation while the learning rate grows exponentially from `lr_finder_min` to `lr_finder_max`; the
 sweep stops early once the smoothed loss passes `lr_finder_divergence` times its minimum. Writes
-lr_finder.csv (lr, loss, smoothed loss), lr_finder.png and lr_finder.json (the suggestion):
+lr_finder.csv (lr, loss, smoothed and centred loss), lr_finder.png and lr_finder.json (the suggestion).
 
-- steepest: the learning rate where the smoothed loss falls fastest against log(lr);
+Two smoothings of the loss: `smoothed`, a running (causal) exponential mean, decides when to stop;
+it lags behind the sweep (by about smoothing/(1 - smoothing) steps, a large share of a decade), so
+the suggestion reads `centred`, a moving average over a window centred on each step (half that many
+steps each side, fewer near the ends so the window stays centred), which does not lag:
+
+- steepest: the learning rate where the centred loss falls fastest against log(lr);
 - range: the contiguous learning rates around it where it falls at least half as fast;
 - value: the steepest learning rate (also given: the minimum's lr / 10, the other common rule).
 """
@@ -64,12 +69,32 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "train.TrainConfig", device, l
     return pd.DataFrame(rows)
 
 
-def suggest(sweep) -> dict:
-    """Suggested range and value from a sweep (see the module docstring)."""
+def _running_mean(values: np.ndarray, smoothing: float) -> np.ndarray:
+    out, average = np.empty(len(values)), 0.0
+    for i, v in enumerate(values):
+        average = smoothing * average + (1 - smoothing) * v
+        out[i] = average / (1 - smoothing ** (i + 1))
+    return out
+
+
+def centred(losses: np.ndarray, smoothing: float) -> np.ndarray:
+    """Moving average centred on each point: as smooth as the running mean's reach allows, and no lag."""
+    losses = np.asarray(losses, dtype=float)
+    n = len(losses)
+    reach = int(round(smoothing / (1 - smoothing) / 2))
+    sums = np.r_[0.0, np.cumsum(losses)]
+    half = np.minimum(reach, np.minimum(np.arange(n), n - 1 - np.arange(n)))  # symmetric even at the ends
+    lo, hi = np.arange(n) - half, np.arange(n) + half + 1
+    return (sums[hi] - sums[lo]) / (hi - lo)
+
+
+def suggest(sweep, smoothing: float = 0.95) -> dict:
+    """Suggested range and value from a sweep (see the module docstring); adds its `centred` column."""
     if len(sweep) < 5:
         raise ValueError(f"the sweep has {len(sweep)} points; it needs at least 5 (raise lr_finder_steps or "
                          "lower lr_finder_min)")
-    lrs, smoothed = sweep.lr.to_numpy(), sweep.smoothed.to_numpy()
+    sweep["centred"] = centred(sweep.loss.to_numpy(), smoothing)
+    lrs, smoothed = sweep.lr.to_numpy(), sweep.centred.to_numpy()
     lowest = int(np.argmin(smoothed))
     slope = np.gradient(smoothed, np.log10(lrs))
     start = min(max(1, len(lrs) // 20), lowest)  # the first points carry the running mean's start-up
@@ -96,11 +121,12 @@ def sweep_figure(sweep, suggestion: dict, path, title: str = ""):
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(sweep.lr, sweep.loss, color="0.75", lw=0.8, label="loss")
-    ax.plot(sweep.lr, sweep.smoothed, "C0", label="smoothed loss")
+    ax.plot(sweep.lr, sweep.smoothed, "C0", lw=0.8, ls=":", label="running mean (stops the sweep)")
+    ax.plot(sweep.lr, sweep.centred, "C0", label="centred mean (the suggestion)")
     ax.axvspan(*suggestion["range"], color="C2", alpha=0.2, label="suggested range")
     ax.axvline(suggestion["value"], color="C2", ls="--", label=f"suggested lr {suggestion['value']:.2g}")
     ax.plot([suggestion["min_loss_lr"]], [suggestion["min_loss"]], "C3o", label="minimum")
-    top = max(sweep.smoothed.iloc[: max(1, len(sweep) // 10)].max(), suggestion["min_loss"]) * 1.15
+    top = max(sweep.centred.iloc[: max(1, len(sweep) // 10)].max(), suggestion["min_loss"]) * 1.15
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=title or "learning-rate finder",
            ylim=(suggestion["min_loss"] * 0.9, top))
     ax.legend(fontsize=8)
@@ -122,7 +148,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
                      config["lr_finder_steps"], config["lr_finder_smoothing"], config["lr_finder_divergence"],
                      config["progress"])
     try:
-        suggestion = suggest(sweep)
+        suggestion = suggest(sweep, config["lr_finder_smoothing"])
     except ValueError as exc:
         raise configs.ConfigError(f"lr_finder_steps: {exc}") from None
     with atomic.atomic_path(run.file("lr_finder.csv")) as tmp:
