@@ -18,6 +18,11 @@ from pathlib import Path
 from . import atomic, config as configs, env
 
 
+def _plain(value):
+    """numpy scalars as numbers, anything else JSON cannot write (paths) as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -35,7 +40,7 @@ class RunDir:
     def update(self, **entries) -> None:
         """Add entries to run.json and rewrite it (atomically, so a killed run leaves a whole file)."""
         self.manifest.update(entries)
-        atomic.write_text(self.path / "run.json", json.dumps(self.manifest, indent=2, default=str))
+        atomic.write_text(self.path / "run.json", json.dumps(self.manifest, indent=2, default=_plain))
 
     def finish(self, **entries) -> None:
         self.update(status="finished", finished=_now(), **entries)
