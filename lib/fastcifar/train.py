@@ -179,13 +179,15 @@ def tensorboard_writer(log_dir: str | Path | None):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
+
+        return SummaryWriter(str(log_dir))
+    except Exception as exc:  # missing, or installed but unusable (version clashes): training goes on
         if not _TENSORBOARD_MISSING_SAID:
-            print("tensorboard is not installed: no TensorBoard logs (the CSV log is kept); "
+            why = "is not installed" if isinstance(exc, ImportError) else f"does not work here ({exc})"
+            print(f"tensorboard {why}: no TensorBoard logs (the CSV log is kept); "
                   "`pip install tensorboard` to get them", flush=True)
             _TENSORBOARD_MISSING_SAID = True
         return None
-    return SummaryWriter(str(log_dir))
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
