@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    sys.argv[0] = f"fastcifar {name}"  # what argparse shows in usage lines (pipeline's parser reads it)
     status = module.main(argv[1:])
     return int(status or 0)
 
