@@ -200,3 +200,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     }
     atomic.write_text(path, json.dumps(report, indent=2) + "\n")
     terminalreporter.write_line(f"GPU test report: {path}")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread: for tiny models a second thread costs more than it saves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

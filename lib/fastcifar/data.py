@@ -13,7 +13,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,15 @@ class Layout:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     archive_dataset: str  # torchvision class holding URL and md5 sums
+    coarse_key: str | None = None  # CIFAR-100's 20 superclasses, kept beside the fine labels
+    coarse_names_key: str | None = None
 
 
 LAYOUTS = {
     "cifar10": Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
                       "labels", "batches.meta", "label_names", 10, CIFAR10_MEAN, CIFAR10_STD, "CIFAR10"),
     "cifar100": Layout("cifar-100-python", ("train",), ("test",), "fine_labels", "meta", "fine_label_names",
-                       100, CIFAR100_MEAN, CIFAR100_STD, "CIFAR100"),
+                       100, CIFAR100_MEAN, CIFAR100_STD, "CIFAR100", "coarse_labels", "coarse_label_names"),
 }
 
 
@@ -58,12 +60,14 @@ class DataError(RuntimeError):
 class Split:
     images: np.ndarray  # (N, 32, 32, 3) uint8, HWC
     labels: np.ndarray  # (N,) int64
+    coarse_labels: np.ndarray | None = None  # (N,) int64, CIFAR-100 superclasses; None elsewhere
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        coarse = None if self.coarse_labels is None else self.coarse_labels[index]
+        return Split(self.images[index], self.labels[index], coarse)
 
     def head(self, limit: int | None) -> "Split":
         return self if limit is None or limit >= len(self) else self.subset(np.arange(limit))
@@ -77,6 +81,7 @@ class Cifar:
     classes: list[str]
     source: str  # provenance, stamped on every results row
     folder: Path
+    coarse_classes: list[str] = field(default_factory=list)  # CIFAR-100 superclass names
 
     @property
     def layout(self) -> Layout:
@@ -145,7 +150,7 @@ def _unpickle(path: Path, name: str) -> dict:
 
 
 def _read_split(folder: Path, files: tuple[str, ...], layout: Layout, name: str) -> Split:
-    images, labels = [], []
+    images, labels, coarse = [], [], []
     for fname in files:
         path = folder / fname
         entry = _unpickle(path, name)
@@ -164,7 +169,11 @@ def _read_split(folder: Path, files: tuple[str, ...], layout: Layout, name: str)
             raise DataError(f"{name}: {path} has labels outside 0..{layout.num_classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(lab)
-    return Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+        if layout.coarse_key and layout.coarse_key in entry:
+            coarse.append(np.asarray(entry[layout.coarse_key], dtype=np.int64))
+    # Coarse labels only when every file has them, so they always line up with the images.
+    coarse_labels = np.concatenate(coarse) if coarse and len(coarse) == len(files) else None
+    return Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), coarse_labels)
 
 
 def _md5(path: Path) -> str:
@@ -214,7 +223,9 @@ def load_cifar(name: str = "cifar10", data_dir: str | os.PathLike | None = None,
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(layout.names_key, [])]
     if len(classes) != layout.num_classes:
         classes = [str(i) for i in range(layout.num_classes)]
-    return Cifar(name, train, test, classes, provenance(folder, name, train, test), folder)
+    coarse_classes = [c.decode() if isinstance(c, bytes) else str(c)
+                      for c in meta.get(layout.coarse_names_key, [])] if layout.coarse_names_key else []
+    return Cifar(name, train, test, classes, provenance(folder, name, train, test), folder, coarse_classes)
 
 
 def download_cifar(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -288,9 +299,10 @@ def make_splits(data: Cifar, n_val: int = 5000, seed: int = 42, train_limit: int
                   data.classes, data.source)
 
 
-def splits_for(run, seed: int = 42, n_val: int = 5000) -> Splits:
-    """CIFAR-10 splits as a notebook's run profile wants them (subsets in smoke runs)."""
-    cifar = load_cifar("cifar10", run.data_dir)
+def splits_for(run, seed: int = 42, n_val: int = 5000, dataset: str = "cifar10") -> Splits:
+    """Splits of `dataset` (cifar10 or cifar100) as a notebook's run profile wants them (subsets in
+    smoke runs)."""
+    cifar = load_cifar(dataset, run.data_dir)
     return make_splits(cifar, n_val, seed, train_limit=run.profile.train_limit, eval_limit=run.profile.eval_limit)
 
 

@@ -170,6 +170,7 @@ MODELS = {
     "shufflenet_v2": lambda num_classes=10: shufflenet_v2(num_classes, cifar_stem=True),
     "shufflenet_v2_imagenet_stem": lambda num_classes=10: shufflenet_v2(num_classes, cifar_stem=False),
     "fastnet": fastnet,
+    "resnet_custom": lambda num_classes=10, **arch: resnet_custom(num_classes, **arch),
 }
 
 LABELS = {
@@ -179,6 +180,7 @@ LABELS = {
     "shufflenet_v2": "ShuffleNetV2 x1.0 (CIFAR stem)",
     "shufflenet_v2_imagenet_stem": "ShuffleNetV2 x1.0 (ImageNet stem)",
     "fastnet": "FastNet",
+    "resnet_custom": "Custom ResNet (3 stages)",
 }
 
 
@@ -213,3 +215,55 @@ def size_mb(model: nn.Module) -> float:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell() / 1e6
+
+
+# ---------------------------------------------------------------- the CIFAR-100 report's custom ResNet
+
+class ResidualBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the input (through a 1x1 conv + BN when the width or
+    the resolution changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCustom(nn.Module):
+    """3x3 stem + BN + ReLU, three residual stages (`blocks[i]` blocks of `widths[i]` channels; stages 2
+    and 3 halve the map: 32 -> 16 -> 8), global average pooling, linear head (CIFAR-100 report, 2.2)."""
+
+    def __init__(self, num_classes: int = 10, blocks=(3, 3, 3), widths=(64, 128, 256)):
+        super().__init__()
+        blocks, widths = tuple(int(b) for b in blocks), tuple(int(w) for w in widths)
+        if len(blocks) != 3 or len(widths) != 3 or min(blocks) < 1 or min(widths) < 1:
+            raise ValueError(f"the custom ResNet needs three positive block counts and three positive widths, "
+                             f"got blocks={list(blocks)} widths={list(widths)}")
+        self.arch = {"blocks": list(blocks), "widths": list(widths)}
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        stages, c_in = [], widths[0]
+        for i, (n, c_out) in enumerate(zip(blocks, widths)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*(ResidualBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
+                                          for j in range(n))))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def resnet_custom(num_classes: int = 10, blocks=(3, 3, 3), widths=(64, 128, 256)) -> ResNetCustom:
+    return ResNetCustom(num_classes, blocks, widths)

@@ -2,9 +2,10 @@
 
 Recipe (J3-03, one place): SGD momentum 0.9 (Nesterov), weight decay 5e-4, learning rate 0.1 at
 batch 128 scaled linearly with the batch, a short linear warm-up then cosine decay to zero, optional
-label smoothing and cutout. On CUDA: bf16 autocast and channels_last. Data comes from the
-GPU-resident loader. Checkpoints: `<name>_best.pth` (best validation accuracy, never test) and
-`<name>_last.pth` (for resuming), both written atomically.
+label smoothing and cutout. The config-driven commands (CIFAR-100 report) may choose Adam or AdamW
+and a constant learning rate instead, and log to TensorBoard. On CUDA: bf16 autocast and
+channels_last. Data comes from the GPU-resident loader. Checkpoints: `<name>_best.pth` (best
+validation accuracy, never test) and `<name>_last.pth` (for resuming), both written atomically.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ from .distill import distillation_loss
 from .models import arch_of, build_model
 
 CHECKPOINT_FORMAT = "fastcifar-checkpoint/1"
+SCHEDULES = ("warmup_cosine", "cosine", "multistep", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+# Settings added after checkpoints already existed, with the value those checkpoints were trained with.
+_ADDED_SETTINGS = {"optimizer": "sgd"}
 
 
 @dataclass
@@ -36,10 +41,11 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 0.1  # at base_batch; the step size used is lr * batch_size / base_batch
     base_batch: int = 128
+    optimizer: str = "sgd"  # sgd | adam | adamw (momentum and nesterov apply to sgd only)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "warmup_cosine"  # warmup_cosine | cosine | multistep
+    schedule: str = "warmup_cosine"  # warmup_cosine | cosine | multistep | constant
     warmup_epochs: float = 1.0
     milestones: tuple = (0.5, 0.75)  # multistep: fractions of training where lr is divided by 10
     label_smoothing: float = 0.0
@@ -56,6 +62,8 @@ class TrainConfig:
         return self.lr * self.batch_size / self.base_batch
 
     def lr_factor(self, step: int, total: int, steps_per_epoch: int) -> float:
+        if self.schedule == "constant":
+            return 1.0
         if self.schedule == "multistep":
             return 0.1 ** sum(step >= m * total for m in self.milestones)
         warm = int(self.warmup_epochs * steps_per_epoch) if self.schedule == "warmup_cosine" else 0
@@ -65,8 +73,10 @@ class TrainConfig:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def __post_init__(self):
-        if self.schedule not in ("warmup_cosine", "cosine", "multistep"):
-            raise ValueError(f"schedule must be warmup_cosine, cosine or multistep, not {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
 
@@ -146,12 +156,46 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
 # ---------------------------------------------------------------- training
 
+def make_optimizer(params, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer `cfg` names, at `lr` (default: cfg.peak_lr). Adam's weight decay is the classic L2
+    term added to the gradient; AdamW's is decoupled from it."""
+    lr = cfg.peak_lr if lr is None else lr
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+_TENSORBOARD_MISSING_SAID = False
+
+
+def tensorboard_writer(log_dir: str | Path | None):
+    """A torch.utils.tensorboard SummaryWriter on `log_dir`, or None (no dir, or the package is missing:
+    said once per process; the CSV log is written either way)."""
+    global _TENSORBOARD_MISSING_SAID
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(log_dir))
+    except Exception as exc:  # missing, or installed but unusable (version clashes): training goes on
+        if not _TENSORBOARD_MISSING_SAID:
+            why = "is not installed" if isinstance(exc, ImportError) else f"does not work here ({exc})"
+            print(f"tensorboard {why}: no TensorBoard logs (the CSV log is kept); "
+                  "`pip install tensorboard` to get them", flush=True)
+            _TENSORBOARD_MISSING_SAID = True
+        return None
+
+
 def _autocast(device: torch.device, cfg: TrainConfig):
     return torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" else nullcontext()
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("epochs", "checkpoint_every")}
+    return {k: v for k, v in {**_ADDED_SETTINGS, **config}.items() if k not in ("epochs", "checkpoint_every")}
 
 
 _NOT_RECORDED = "(not recorded)"
@@ -173,11 +217,13 @@ def resume_mismatch(ckpt: dict, config: dict, data_source: str, train_images: in
 
 
 def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, model_name: str, ckpt_dir: str | Path,
-        device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+        device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool = True,
+        tensorboard_dir: str | Path | None = None) -> TrainResult:
     """Train `model` (an instance of `model_name`) on splits.train, choosing on splits.val.
 
     Each epoch logs train/val loss and accuracy, the train-val gap, learning rate, seconds and images/s
-    to `<name>_log.csv` and a progress bar. With `teacher`, the loss is the distillation loss.
+    to `<name>_log.csv` and a progress bar, and to TensorBoard under `tensorboard_dir` when given (and
+    installed). With `teacher`, the loss is the distillation loss.
     Resumes from `<name>_last.pth` when it exists and was made with the same settings.
     """
     import pandas as pd
@@ -197,8 +243,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
                        cutout=cfg.cutout, seed=cfg.seed, channels_last=cfg.channels_last)
     val_x = to_tensor(splits.val.images, device, splits.mean, splits.std, cfg.channels_last)
     val_y = torch.as_tensor(splits.val.labels, device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -227,6 +272,7 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
                 "data_source": splits.source, "train_images": len(splits.train), "versions": env.versions()}
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    writer = tensorboard_writer(tensorboard_dir)
     wall0 = time.perf_counter()
     bar = tqdm(range(start_epoch, cfg.epochs), desc=name, disable=not progress, file=sys.stdout,
                mininterval=2.0, initial=start_epoch, total=cfg.epochs)
@@ -272,9 +318,16 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
                             scheduler=scheduler.state_dict(), **rng, **extra(epoch + 1))
         with atomic.atomic_path(log_path) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
+        if writer is not None:
+            for key, value in (("train/loss", train_loss), ("train/acc", train_acc), ("val/loss", val_loss),
+                               ("val/acc", val_acc), ("lr", history[-1]["lr"]), ("images_per_s", seen / seconds)):
+                writer.add_scalar(key, value, epoch + 1)
+            writer.flush()
         bar.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.1f}", val=f"{val_acc:.2f}",
                         img_s=f"{seen / seconds:,.0f}")
     bar.close()
+    if writer is not None:
+        writer.close()
     wall = time.perf_counter() - wall0
 
     sheet = {"name": name, "model": model_name, "config": config, "peak_lr": cfg.peak_lr,
@@ -304,10 +357,10 @@ def initial_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
 
 
 def overfit_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 150,
-                  lr: float = 0.05) -> list[float]:
-    """Train on one small batch (no augmentation, no weight decay); the loss must go to near zero."""
+                  lr: float = 0.05, weight_decay: float = 0.0) -> list[float]:
+    """Train on one small batch (no augmentation); the loss must go to near zero."""
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     losses = []
     for _ in range(steps):
         loss = F.cross_entropy(model(images), labels)
@@ -342,3 +395,14 @@ def trivial_baselines(train_labels: np.ndarray, eval_labels: np.ndarray, num_cla
     return {"majority class": 100.0 * float(np.mean(eval_labels == majority)),
             "uniform random": 100.0 * float(np.mean(eval_labels == guesses)),
             "chance (1/classes)": 100.0 / num_classes}
+
+
+def main(argv=None) -> int:
+    """`python -m fastcifar.train --config FILE [overrides]`: see fastcifar.commands."""
+    from .commands import train_main
+
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

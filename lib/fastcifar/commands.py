@@ -1,0 +1,181 @@
+"""What the four config-driven commands share, and the `train` command itself.
+
+    python -m fastcifar.train       --config FILE [overrides]
+    python -m fastcifar.lr_finder   --config FILE [overrides]
+    python -m fastcifar.grid_search --config FILE [overrides]
+    python -m fastcifar.evaluate    --config FILE --checkpoint PATH [overrides]
+
+Overrides: `--max_epochs 20`, `--max_epochs=20` or `max_epochs=20`. A user's mistake (config, data
+folder, checkpoint) ends with one `error: ...` line on stderr and exit code 2, before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import atomic, config as configs, data, env, models, rundir, train
+
+USER_ERRORS = (configs.ConfigError, data.DataError, train.CheckpointError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other user mistake
+        usage = " ".join(self.format_usage().split()).replace("usage: ", "")
+        raise configs.ConfigError(f"{message}; usage: {usage} [overrides]")
+
+
+def _parser(command: str, description: str, needs_checkpoint: bool) -> argparse.ArgumentParser:
+    keys = "\n".join(f"  {k.name:<22} {k.help}" for k in configs.KEYS)
+    ap = _Parser(
+        prog=f"python -m fastcifar.{command}", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
+        epilog=f"overrides: --KEY VALUE, --KEY=VALUE or KEY=VALUE (values read as YAML). Keys:\n{keys}")
+    ap.add_argument("--config", required=True, metavar="FILE", help="YAML config, e.g. configs/cifar100.yaml")
+    if needs_checkpoint:
+        ap.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint written by train")
+    return ap
+
+
+def run_command(command: str, description: str, body, argv: list[str] | None = None,
+                needs_checkpoint: bool = False) -> int:
+    """Parse, validate, make the run folder, then `body(config, run, device, checkpoint)`.
+
+    Returns the exit status: 0, or 2 for a user's mistake (one message, no traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run = None
+    try:
+        try:
+            args, rest = _parser(command, description, needs_checkpoint).parse_known_args(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        config = configs.load(args.config, configs.parse_overrides(rest))
+        checkpoint = None
+        if needs_checkpoint:
+            checkpoint = Path(args.checkpoint)
+            if not checkpoint.is_file():
+                raise configs.ConfigError(f"--checkpoint: no file {checkpoint}; expected a checkpoint written by "
+                                          "the train command (<run folder>/model_best.pth)")
+        device = torch.device(env.default_device() if config["device"] == "auto" else config["device"])
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        extra = f" --checkpoint {checkpoint}" if checkpoint else ""
+        run = rundir.create(command, config, argv, extra)
+        run.update(device=env.device_name(device), checkpoint=str(checkpoint) if checkpoint else None)
+        print(f"{command}: run folder {run.path}", flush=True)
+        t0 = time.perf_counter()
+        body(config, run, device, checkpoint)
+        run.finish(seconds=round(time.perf_counter() - t0, 1))
+        print(f"{command}: done in {time.perf_counter() - t0:.1f} s; outputs in {run.path}", flush=True)
+        return 0
+    except USER_ERRORS as exc:
+        if run is not None:
+            run.update(status="failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as exc:
+        if run is not None:
+            run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def load_splits(config: dict, run: rundir.RunDir | None = None) -> data.Splits:
+    """The stratified train/val split and the test set that `config` asks for; recorded in run.json."""
+    t0 = time.perf_counter()
+    cifar = data.load_cifar(config["dataset"], config["data_dir"])
+    if config["val_size"] >= len(cifar.train):
+        raise configs.ConfigError(f"val_size must be below the {len(cifar.train)} training images of "
+                                  f"{cifar.folder}, got {config['val_size']}")
+    splits = data.make_splits(cifar, config["val_size"], config["seed"], config["train_limit"],
+                              config["eval_limit"])
+    if run is not None:
+        run.update(data={"source": splits.source, "folder": str(cifar.folder), "classes": len(splits.classes),
+                         "train_images": len(splits.train), "val_images": len(splits.val),
+                         "test_images": len(splits.test), "split_sha256": split_fingerprint(splits),
+                         "mean": list(splits.mean), "std": list(splits.std)})
+    print(f"data: {splits.source}; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    return splits
+
+
+def split_fingerprint(splits: data.Splits) -> str:
+    """sha256 (12 hex) of the images and labels of train, val and test in order: the same number means
+    the same split."""
+    digest = hashlib.sha256()
+    for split in (splits.train, splits.val, splits.test):
+        digest.update(np.ascontiguousarray(split.images).tobytes())
+        digest.update(split.labels.astype(np.int64).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def build_model(config: dict, **arch_changes) -> torch.nn.Module:
+    """The config's model, initialised from its seed (so a run repeats)."""
+    torch.manual_seed(config["seed"])
+    arch = {**configs.model_arch(config), **arch_changes}
+    return models.build_model(config["model"], configs.num_classes(config), **arch)
+
+
+def describe_model(config: dict, model: torch.nn.Module) -> str:
+    arch = models.arch_of(model)
+    detail = ", ".join(f"{k} {v}" for k, v in arch.items())
+    return f"{models.label(config['model'], arch)} ({detail}{', ' if detail else ''}" \
+           f"{models.count_params(model):,} parameters)"
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    return atomic.write_text(path, json.dumps(payload, indent=2, default=rundir._plain))
+
+
+# ---------------------------------------------------------------- train
+
+def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoint=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import report, sanity
+
+    splits = load_splits(config, run)
+    model = build_model(config)
+    print(f"model: {describe_model(config, model)}", flush=True)
+    run.update(parameters=models.count_params(model), arch=models.arch_of(model))
+    if config["sanity_checks"]:
+        t0 = time.perf_counter()
+        checks = sanity.run_checks(model, splits, device, config["seed"], config["overfit_images"],
+                                   config["overfit_steps"], config["overfit_lr"], config["weight_decay"],
+                                   run.file("overfit.png"))
+        write_json(run.file("sanity.json"), checks)
+        for line in sanity.summary_lines(checks):
+            print(f"sanity: {line}", flush=True)
+        print(f"sanity: {time.perf_counter() - t0:.1f} s; sanity.json, overfit.png", flush=True)
+    cfg = configs.train_config(config)
+    result = train.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=False,
+                       progress=config["progress"],
+                       tensorboard_dir=run.file("tensorboard") if config["tensorboard"] else None)
+    fig = report.training_curves({config["model"]: result.history}, run.file("curves.png"))
+    plt.close(fig)
+    best = result.history.loc[result.history.val_acc.idxmax()]
+    summary = {"best_val_acc": result.best_val_acc, "best_epoch": int(best.epoch),
+               "final": result.history.iloc[-1].to_dict(), "train_s": result.train_s,
+               "images_per_s": result.images_per_s, "best_checkpoint": str(result.best_path),
+               "log_csv": str(run.file("model_log.csv"))}
+    write_json(run.file("summary.json"), summary)
+    run.update(result=summary)
+    print(f"train: best val accuracy {result.best_val_acc:.2f}% at epoch {int(best.epoch)}/{cfg.epochs}; "
+          f"{result.train_s:.1f} s, {result.images_per_s:,.0f} img/s", flush=True)
+    print("next: python -m fastcifar.evaluate --config " + shlex.quote(str(run.file("config.yaml"))) +
+          " --checkpoint " + shlex.quote(str(result.best_path)), flush=True)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    return run_command("train", "Sanity checks, then full training with the config's settings (the same "
+                       "train.fit the notebooks use); checkpoints, CSV and TensorBoard logs, curves.",
+                       train_body, argv)

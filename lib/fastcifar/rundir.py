@@ -1,0 +1,75 @@
+"""One folder per command run, with what it takes to repeat it.
+
+`<output_dir>/<dataset>/<command>-<UTC time>/` holds the command's outputs plus:
+- `config.yaml`: the resolved config (every key, overrides applied); its header names the command
+  line that repeats the run from this file alone;
+- `run.json`: command, argv, resolved config, seed, versions, device, data provenance (md5 verdict and
+  sha256 fingerprint of the pixels), split sizes, git commit, start and end times, status.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import atomic, config as configs, env
+
+
+def _plain(value):
+    """numpy scalars as numbers, anything else JSON cannot write (paths) as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunDir:
+    path: Path
+    command: str
+    config: dict
+    manifest: dict = field(default_factory=dict)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def update(self, **entries) -> None:
+        """Add entries to run.json and rewrite it (atomically, so a killed run leaves a whole file)."""
+        self.manifest.update(entries)
+        atomic.write_text(self.path / "run.json", json.dumps(self.manifest, indent=2, default=_plain))
+
+    def finish(self, **entries) -> None:
+        self.update(status="finished", finished=_now(), **entries)
+
+
+def create(command: str, config: dict, argv: list[str] | None = None, extra_args: str = "") -> RunDir:
+    """Make the run folder (a new one even when two runs start in the same second) and write the
+    resolved config and a first run.json."""
+    base = Path(config["output_dir"]) / config["dataset"]
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = base / (f"{command}-{stamp}" if n == 1 else f"{command}-{stamp}-{n}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RuntimeError(f"could not create a new run folder under {base}")
+    commit = env.git_commit()
+    repeat = f"python -m fastcifar.{command} --config {path / 'config.yaml'}{extra_args}"
+    header = (f"Resolved config of `{command}`, {_now()}, commit {commit}.\n"
+              f"Repeat: {repeat}\n"
+              "Every key is listed; the comments say what each one does (configs/*.yaml explain more).")
+    atomic.write_text(path / "config.yaml", configs.to_yaml(config, header))
+    run = RunDir(path, command, config)
+    run.update(command=command, status="running", started=_now(), repeat=repeat,
+               argv=[sys.executable, "-m", f"fastcifar.{command}", *(argv or [])],
+               argv_text=shlex.join(argv or []), config=config, seed=config["seed"], git_commit=commit,
+               versions=env.versions())
+    return run

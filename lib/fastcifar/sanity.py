@@ -1,0 +1,80 @@
+"""The CIFAR-100 report's checks before training (sections 2.1, 2.3 and 3), as one call.
+
+- trivial baselines: majority class and uniform random guesses, on validation and test;
+- the initial loss of the untrained model against ln(num_classes);
+- the small-sample overfit: a copy of the untrained model trained on `overfit_images` training images
+  (no augmentation) must drive its loss towards zero.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from . import report, train
+from .data import Splits, to_tensor
+
+
+def run_checks(model: torch.nn.Module, splits: Splits, device, seed: int, overfit_images: int = 64,
+               overfit_steps: int = 50, overfit_lr: float = 0.1, weight_decay: float = 0.0,
+               figure_path=None) -> dict:
+    """Run every check on an untrained `model` (left untouched) and return their results."""
+    num_classes = len(splits.classes)
+    baselines = {split: train.trivial_baselines(splits.train.labels, getattr(splits, split).labels, num_classes,
+                                                seed) for split in ("val", "test")}
+
+    n_probe = min(512, len(splits.val))
+    probe_x = to_tensor(splits.val.images[:n_probe], device, splits.mean, splits.std)
+    probe_y = torch.as_tensor(splits.val.labels[:n_probe], device=device)
+    probe_model = copy.deepcopy(model).to(device)
+    first_loss = train.initial_loss(probe_model, probe_x, probe_y)
+    expected = math.log(num_classes)
+
+    n = min(overfit_images, len(splits.train))
+    pick = np.random.default_rng(seed).permutation(len(splits.train))[:n]
+    x = to_tensor(splits.train.images[pick], device, splits.mean, splits.std)
+    y = torch.as_tensor(splits.train.labels[pick], device=device)
+    torch.manual_seed(seed)
+    overfit_model = copy.deepcopy(model).to(device)
+    losses = train.overfit_batch(overfit_model, x, y, steps=overfit_steps, lr=overfit_lr, weight_decay=weight_decay)
+    with torch.no_grad():
+        overfit_model.train()  # the statistics of this very batch, as during the steps
+        batch_acc = 100.0 * (overfit_model(x).argmax(1) == y).float().mean().item()
+    result = {
+        "baselines_pct": baselines,
+        "initial_loss": {"observed": first_loss, "expected_ln_classes": expected,
+                         "relative_gap": abs(first_loss - expected) / expected, "images": n_probe},
+        "overfit": {"images": n, "steps": overfit_steps, "lr": overfit_lr, "weight_decay": weight_decay,
+                    "optimizer": "sgd momentum 0.9", "first_loss": losses[0], "final_loss": losses[-1],
+                    "final_batch_acc_pct": batch_acc, "losses": losses},
+    }
+    if figure_path is not None:
+        overfit_figure(losses, n, figure_path)
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    b, init, over = result["baselines_pct"], result["initial_loss"], result["overfit"]
+    return [
+        f"baselines (val / test accuracy %): majority {b['val']['majority class']:.2f} / "
+        f"{b['test']['majority class']:.2f}, uniform random {b['val']['uniform random']:.2f} / "
+        f"{b['test']['uniform random']:.2f}, chance {b['val']['chance (1/classes)']:.2f}",
+        f"initial loss {init['observed']:.4f} vs ln(classes) {init['expected_ln_classes']:.4f} "
+        f"({100 * init['relative_gap']:.1f}% apart)",
+        f"overfit {over['images']} images, {over['steps']} steps at lr {over['lr']:g}: loss "
+        f"{over['first_loss']:.4f} -> {over['final_loss']:.4f}, batch accuracy {over['final_batch_acc_pct']:.1f}%",
+    ]
+
+
+def overfit_figure(losses: list[float], images: int, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses)
+    ax.set(xlabel="step (one batch: step = epoch)", ylabel="training loss", yscale="log",
+           title=f"overfit check on {images} training images")
+    fig.tight_layout()
+    report._save(fig, path)
+    plt.close(fig)
