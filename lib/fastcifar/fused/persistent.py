@@ -24,9 +24,11 @@ def _phase(pid, nprog, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
            INPUT_NCHW: tl.constexpr, K_PAD: tl.constexpr, N_PAD: tl.constexpr,
            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     tiles = tl.cdiv(batch * H_OUT * H_OUT, BLOCK_M) * (N_PAD // BLOCK_N)
-    for t in range(pid, tiles, nprog):
+    t = pid
+    while t < tiles:  # not range(pid, tiles, nprog): see kernels' docstring
         conv_tile(t, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch, C_IN, H_IN, C_OUT, H_OUT,
                   KSIZE, PAD, POOL, RESIDUAL, INPUT_NCHW, K_PAD, N_PAD, BLOCK_M, BLOCK_N, BLOCK_K)
+        t += nprog
 
 
 @triton.jit
