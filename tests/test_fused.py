@@ -100,6 +100,31 @@ def test_build_needs_cuda_and_a_known_backend():
         build(model, "fused-layers", torch.zeros(1, 3, 32, 32))
 
 
+class _FakeKernel:
+    """What resources() reads of a Triton CompiledKernel: metadata.shared, and n_regs / n_spills once
+    _init_handles has loaded the binary."""
+
+    def __init__(self, name, regs, spills, shared):
+        self.name, self._loaded = name, (regs, spills)
+        self.metadata = type("Metadata", (), {"shared": shared})()
+
+    def _init_handles(self):
+        self.n_regs, self.n_spills = self._loaded
+
+
+def test_resources_read_each_launched_kernel():
+    from fastcifar.fused import resources, resources_text
+
+    fn = lambda x: x  # noqa: E731
+    fn.compiled = [_FakeKernel("layer", 96, 0, 8192), None, _FakeKernel("head", 40, 16, 1024)]
+    rows = resources(fn)
+    assert [(r["name"], r["n_regs"], r["n_spills"], r["shared_bytes"]) for r in rows] == [
+        ("layer", 96, 0, 8192), ("head", 40, 16, 1024)]
+    text = resources_text(rows)
+    assert "2 kernel(s)" in text and "max 96" in text and "spills 16" in text and "8192 bytes" in text
+    assert resources(lambda x: x) == [] and resources_text([]) == "kernel resources unknown"
+
+
 def test_pack_refuses_other_models():
     with pytest.raises(TypeError, match="FastNet"):
         pack(torch.nn.Linear(3, 10))

@@ -32,6 +32,36 @@ TOLERANCE = 2e-2
 KERNEL_TOLERANCE = 2e-3
 
 
+def resources(fn) -> list[dict]:
+    """Registers per thread, spilled bytes and shared memory of each kernel fn launched on its last
+    call (from the compiled kernels' metadata; empty under the interpreter, which compiles nothing).
+    Many registers limit how many warps an SM keeps in flight; any spill puts local-memory traffic
+    into every K step."""
+    out = []
+    for kernel in getattr(fn, "compiled", []):
+        if kernel is None or not hasattr(kernel, "metadata"):
+            continue
+        try:
+            kernel._init_handles()  # loads the binary if needed; fills n_regs and n_spills
+        except Exception:  # resources are a report, never a reason to fail a build
+            pass
+        out.append({"name": getattr(kernel, "name", "?"), "n_regs": getattr(kernel, "n_regs", None),
+                    "n_spills": getattr(kernel, "n_spills", None),
+                    "shared_bytes": getattr(kernel.metadata, "shared", None)})
+    return out
+
+
+def resources_text(rows: list[dict]) -> str:
+    """One line for notes and tables: the most registers, total spills and most shared memory."""
+    if not rows:
+        return "kernel resources unknown"
+    regs = [r["n_regs"] for r in rows if r["n_regs"] is not None]
+    spills = [r["n_spills"] for r in rows if r["n_spills"] is not None]
+    shared = [r["shared_bytes"] for r in rows if r["shared_bytes"] is not None]
+    return (f"{len(rows)} kernel(s): registers per thread max {max(regs) if regs else '?'}, "
+            f"spills {sum(spills) if spills else '?'}, shared memory max {max(shared) if shared else '?'} bytes")
+
+
 def make_fn(packed: PackedNet, backend: str, programs: int | None = None, num_warps: int = 4):
     """The callable for `backend` over an already packed net (CUDA tensors, or CPU ones when
     TRITON_INTERPRET=1 is set before Triton is imported)."""
@@ -71,7 +101,8 @@ def build(model, backend: str, example, mirror: bool = False, programs: int | No
     compile_s = time.perf_counter() - t0
     notes = [f"{backend}: {fn.kernels_per_call} kernel launch(es) per call",
              f"FP16 weights and activations, FP32 biases and accumulation; {packed.weight_bytes() / 1e6:.2f} MB packed",
-             f"first call (Triton compile) {compile_s:.1f} s"]
+             f"first call (Triton compile) {compile_s:.1f} s",
+             resources_text(resources(fn))]
     if backend == "fused-persistent":
         notes.append(f"{fn.programs} programs, grid barrier between layers")
     if mirror:

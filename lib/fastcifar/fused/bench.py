@@ -145,6 +145,22 @@ def persistent_with_programs(net: "NetworkData", mirror: bool, programs: int):
     return variant
 
 
+def kernel_resource_columns(variant) -> dict:
+    """Registers, spills and shared memory of a fused path's compiled kernels (nothing for torch
+    paths): the most registers of any kernel, all spilled bytes, the most shared memory, and each
+    kernel as registers/spills/shared."""
+    from . import resources
+
+    fn = getattr(variant.fn, "captured", variant.fn)  # a CUDA-graph replay keeps the captured fn
+    rows = resources(fn)
+    if not rows:
+        return {}
+    known = lambda key: [r[key] for r in rows if r[key] is not None]  # noqa: E731
+    return {"max_regs": max(known("n_regs"), default=""), "spill_bytes": sum(known("n_spills")),
+            "max_shared_bytes": max(known("shared_bytes"), default=""),
+            "kernel_resources": " ".join(f"{r['n_regs']}/{r['n_spills']}/{r['shared_bytes']}" for r in rows)}
+
+
 def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
     """Build, check and time one path; a failure becomes the row's status and error."""
     from fastcifar.optimize import Spec, build
@@ -166,6 +182,7 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
             row["build_s"] = time.perf_counter() - t0
             row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
             row["notes"] = "; ".join(variant.notes)
+            row.update(kernel_resource_columns(variant))
             row.update(parity(variant, net.xs, net.want[mirror], tolerance))
             row.update(time_path(variant.fn, variant.prepare(net.example), args))
         except Exception as exc:  # one failed path is a row with its error, not the end of the run
@@ -173,7 +190,8 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
         variant = None  # its graph and buffers go before the next path is built
         torch.cuda.empty_cache()
     print(f"  {net.label} mirror={mirror} {path}: {row['status']} {row['error']}"
-          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms", flush=True)
+          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms"
+          + (f" [{row['kernel_resources']}]" if row.get("kernel_resources") else ""), flush=True)
     return row
 
 
@@ -214,7 +232,8 @@ class UsageError(Exception):
 
 def print_table(rows: list[dict]) -> None:
     cols = [("network", 30), ("mirror", 6), ("path", 32), ("status", 7), ("host_p50_ms", 8), ("host_p95_ms", 8),
-            ("gpu_p50_ms", 8), ("kernels_per_call", 7), ("max_rel_err", 9), ("argmax_agree", 7)]
+            ("gpu_p50_ms", 8), ("kernels_per_call", 7), ("max_rel_err", 9), ("argmax_agree", 7),
+            ("max_regs", 5), ("spill_bytes", 6), ("max_shared_bytes", 7)]
     print(" ".join(f"{c[:w]:>{w}}" for c, w in cols))
     for r in rows:
         cells = []

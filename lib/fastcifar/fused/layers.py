@@ -62,14 +62,17 @@ def make_layers_fn(packed: PackedNet, num_warps: int = 4):
     head_args = (packed.activations[-1], packed.head, packed.logits, batch)
     head_const = head_constants(packed)
 
+    compiled = [None] * (len(launches) + 1)  # the launched kernels, for their resources (see resources)
+
     def fn(x):
         check_input(x)
         src = x
-        for grid, args, const in launches:
-            layer_kernel[grid](src, *args, num_warps=num_warps, **const)
+        for i, (grid, args, const) in enumerate(launches):
+            compiled[i] = layer_kernel[grid](src, *args, num_warps=num_warps, **const)
             src = args[3]
-        head_kernel[(1,)](*head_args, num_warps=num_warps, **head_const)
+        compiled[-1] = head_kernel[(1,)](*head_args, num_warps=num_warps, **head_const)
         return packed.logits
 
     fn.kernels_per_call = len(launches) + 1
+    fn.compiled = compiled
     return fn

@@ -136,13 +136,15 @@ def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps
     sync = torch.zeros(1, dtype=torch.int32, device=device)  # the barrier counter; see grid_barrier
     tail = (packed.head, packed.logits, sync, packed.batch, *slot_args)
     grid = (programs,)
+    compiled = [None]  # the launched kernel, for its resources (see resources)
 
     def fn(x):
         check_input(x)
-        fastnet_kernel[grid](x, *tail, num_warps=num_warps, **const)
+        compiled[0] = fastnet_kernel[grid](x, *tail, num_warps=num_warps, **const)
         return packed.logits
 
     fn.programs = programs
     fn.sync = sync
     fn.kernels_per_call = 1
+    fn.compiled = compiled
     return fn
