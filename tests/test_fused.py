@@ -100,6 +100,24 @@ def test_build_needs_cuda_and_a_known_backend():
         build(model, "fused-layers", torch.zeros(1, 3, 32, 32))
 
 
+def test_max_block_k_takes_fewer_larger_k_steps_only_where_channels_allow():
+    from fastcifar.fused.pack import tile_sizes
+
+    assert tile_sizes(9, 512, 512)[2] == 64  # the default keeps steps of 64
+    assert tile_sizes(9, 512, 512, max_block_k=256)[2] == 256
+    assert tile_sizes(9, 384, 512, max_block_k=512)[2] == 256  # never more than the channels
+    assert tile_sizes(225, 32, 64, max_block_k=256)[2] == 32  # narrow layers keep their steps
+    for bad in (32, 96):
+        with pytest.raises(ValueError, match="power of two >= 64"):
+            tile_sizes(9, 512, 512, max_block_k=bad)
+    model = random_fastnet((16, 128, 128), 2)
+    packed = pack(model, max_block_k=128)
+    assert [l.block_k for l in packed.layers if l.c_in >= 128] == [128, 128, 128]
+    assert all(l.k_pad % l.block_k == 0 and l.k_pad >= l.k for l in packed.layers)
+    x = torch.randn(1, 3, 32, 32)
+    assert relative_error(reference(packed, x), model_logits(model, x, False)) <= TOLERANCE
+
+
 class _FakeKernel:
     """What resources() reads of a Triton CompiledKernel: metadata.shared, and n_regs / n_spills once
     _init_handles has loaded the binary."""
@@ -169,7 +187,10 @@ def _interpret(*args: str) -> list[dict]:
                                   ["--convs", "3", "--widths", "16", "16", "16", "--mirror", "--seeds", "1"],
                                   # the largest tiles: several channel blocks, block_n 32 and 64
                                   ["--convs", "3", "--widths", "16", "32", "64", "--mirror", "--seeds", "1",
-                                   "--target-tiles", "1"]])
+                                   "--target-tiles", "1"],
+                                  # K steps of 128 (max_block_k) on the 128-channel inputs
+                                  ["--convs", "2", "--widths", "16", "128", "128", "--seeds", "1",
+                                   "--target-tiles", "1", "--max-block-k", "128"]])
 def test_triton_kernels_under_the_interpreter_match_the_reference(args):
     rows = _interpret(*args)
     assert {r["backend"] for r in rows} == {"fused-layers", "fused-persistent"}

@@ -77,7 +77,7 @@ def make_fn(packed: PackedNet, backend: str, programs: int | None = None, num_wa
 
 
 def build(model, backend: str, example, mirror: bool = False, programs: int | None = None, num_warps: int = 4,
-          target_tiles: int = 64):
+          target_tiles: int = 64, max_block_k: int = 64):
     """Pack a FastNet (its BatchNorms folded here if they are not yet) for `backend` ("fused-layers"
     or "fused-persistent") and return (fn, notes).
 
@@ -87,12 +87,13 @@ def build(model, backend: str, example, mirror: bool = False, programs: int | No
     what you keep). The first call compiles the kernels; build makes that call on `example`.
 
     Tuning knobs: `programs` (persistent grid; default min(SMs, most tiles of a layer)), `num_warps`
-    per program, `target_tiles` (how finely layers are split, see pack.tile_sizes)."""
+    per program, `target_tiles` and `max_block_k` (how layers are tiled, see pack.tile_sizes)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
         raise ValueError("the fused kernels run on CUDA: pass a CUDA example input")
-    packed = pack(model, mirror=mirror, device=example.device, target_tiles=target_tiles)
+    packed = pack(model, mirror=mirror, device=example.device, target_tiles=target_tiles,
+                  max_block_k=max_block_k)
     fn = make_fn(packed, backend, programs=programs, num_warps=num_warps)
     x = example.to(torch.float16).contiguous()
     t0 = time.perf_counter()
