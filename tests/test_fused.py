@@ -323,3 +323,12 @@ def test_bench_runs_the_persistent_kernel_last():
     kinds = ["persistent" in p for _, _, p in order]
     assert kinds == sorted(kinds)  # every other path of every network first
     assert {(n, m) for n, m, p in order if "persistent" in p} == {("a", False), ("a", True), ("b", False), ("b", True)}
+
+
+def test_bench_tuning_rows_name_their_backend_and_knob():
+    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, plan, tuning_knob
+
+    assert tuning_knob(PROGRAMS_PATH.format(16)) == ("fused-persistent", "programs", 16)
+    assert tuning_knob(BLOCK_K_PATH.format("fused-layers", 128)) == ("fused-layers", "max_block_k", 128)
+    paths = [BLOCK_K_PATH.format("fused-persistent", 128), BLOCK_K_PATH.format("fused-layers", 128)]
+    assert [p for _, _, p in plan(["a"], paths)][-1].startswith("fused-persistent")

@@ -7,6 +7,9 @@ parity against the FP32 model (max error relative to max |logit|, argmax agreeme
 then times every path with fastcifar.bench.benchmark_latency: PyTorch FP16 + BN folded + CUDA graph,
 the same + compile(default), fused-layers and fused-persistent (direct and in a CUDA graph), and a
 CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
+Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
+spill_bytes, max_shared_bytes, kernel_resources). Tuning rows: --programs N (persistent grid size),
+--max-block-k K (K steps of deep layers, both fused backends).
 Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
 """
 from __future__ import annotations
@@ -130,16 +133,26 @@ class NetworkData:
 
 
 PROGRAMS_PATH = "fused-persistent graph programs={}"
+BLOCK_K_PATH = "{} graph max_block_k={}"
 
 
-def persistent_with_programs(net: "NetworkData", mirror: bool, programs: int):
-    """The persistent kernel on a chosen grid size, replayed from a CUDA graph (a tuning row)."""
+def tuning_knob(path: str) -> tuple[str, str, int]:
+    """(backend, knob, value) of a tuning row's path "<backend> graph <knob>=<value>"."""
+    head, knob = path.rsplit(" ", 1)
+    name, value = knob.split("=")
+    return head.split(" ")[0], name, int(value)
+
+
+def tuned_variant(net: "NetworkData", mirror: bool, path: str):
+    """A tuning row's variant: a fused backend replayed from a CUDA graph with one knob set, named in
+    the path as "<backend> graph <knob>=<value>" (knob programs or max_block_k)."""
     from fastcifar.optimize import Spec, Variant, capture_cuda_graph
 
     from . import build as build_fused
 
-    spec = Spec(precision="fp16", mirror=mirror, backend="fused-persistent", cuda_graph=True)
-    fn, notes = build_fused(net.model, "fused-persistent", net.example.half(), mirror=mirror, programs=programs)
+    backend, name, value = tuning_knob(path)
+    spec = Spec(precision="fp16", mirror=mirror, backend=backend, cuda_graph=True)
+    fn, notes = build_fused(net.model, backend, net.example.half(), mirror=mirror, **{name: value})
     variant = Variant(spec, fn, net.model, torch.float16, torch.contiguous_format, notes=list(notes))
     variant.fn = capture_cuda_graph(fn, variant.prepare(net.example))
     return variant
@@ -177,7 +190,7 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
             if path in PATHS:
                 variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
             else:
-                variant = persistent_with_programs(net, mirror, int(path.rsplit("=", 1)[1]))
+                variant = tuned_variant(net, mirror, path)
             torch.cuda.synchronize(device)
             row["build_s"] = time.perf_counter() - t0
             row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
@@ -255,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the smallest random shape")
     ap.add_argument("--programs", type=int, nargs="+", default=[], metavar="N",
                     help="extra rows: the persistent kernel in a CUDA graph on a grid of N programs")
+    ap.add_argument("--max-block-k", type=int, nargs="+", default=[], metavar="K",
+                    help="extra rows: both fused backends in a CUDA graph with K steps of up to K "
+                         "(a power of two >= 64; see pack.tile_sizes)")
     ap.add_argument("--paths", nargs="+", metavar="TEXT",
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
@@ -279,7 +295,11 @@ def main(argv=None) -> int:
         print("--programs takes grid sizes from 1 to the number of SMs (all programs must be resident).",
               file=sys.stderr)
         return 2
+    if any(k < 64 or k & (k - 1) for k in args.max_block_k):
+        print("--max-block-k takes powers of two >= 64 (64 is the default tiling).", file=sys.stderr)
+        return 2
     paths += [PROGRAMS_PATH.format(n) for n in args.programs]
+    paths += [BLOCK_K_PATH.format(b, k) for k in args.max_block_k for b in ("fused-layers", "fused-persistent")]
     if not paths:
         print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
         return 2
