@@ -326,9 +326,10 @@ def test_bench_runs_the_persistent_kernel_last():
 
 
 def test_bench_tuning_rows_name_their_backend_and_knob():
-    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, plan, tuning_knob
+    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, TILES_PATH, plan, tuning_knob
 
     assert tuning_knob(PROGRAMS_PATH.format(16)) == ("fused-persistent", "programs", 16)
     assert tuning_knob(BLOCK_K_PATH.format("fused-layers", 128)) == ("fused-layers", "max_block_k", 128)
+    assert tuning_knob(TILES_PATH.format("fused-persistent", 32)) == ("fused-persistent", "target_tiles", 32)
     paths = [BLOCK_K_PATH.format("fused-persistent", 128), BLOCK_K_PATH.format("fused-layers", 128)]
     assert [p for _, _, p in plan(["a"], paths)][-1].startswith("fused-persistent")

@@ -9,7 +9,7 @@ the same + compile(default), fused-layers and fused-persistent (direct and in a 
 CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
 Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
 spill_bytes, max_shared_bytes, kernel_resources). Tuning rows: --programs N (persistent grid size),
---max-block-k K (K steps of deep layers, both fused backends).
+--max-block-k K (K steps of deep layers) and --target-tiles T (tiles per layer), both fused backends.
 Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
 """
 from __future__ import annotations
@@ -134,6 +134,7 @@ class NetworkData:
 
 PROGRAMS_PATH = "fused-persistent graph programs={}"
 BLOCK_K_PATH = "{} graph max_block_k={}"
+TILES_PATH = "{} graph target_tiles={}"
 
 
 def tuning_knob(path: str) -> tuple[str, str, int]:
@@ -145,7 +146,7 @@ def tuning_knob(path: str) -> tuple[str, str, int]:
 
 def tuned_variant(net: "NetworkData", mirror: bool, path: str):
     """A tuning row's variant: a fused backend replayed from a CUDA graph with one knob set, named in
-    the path as "<backend> graph <knob>=<value>" (knob programs or max_block_k)."""
+    the path as "<backend> graph <knob>=<value>" (knob programs, max_block_k or target_tiles)."""
     from fastcifar.optimize import Spec, Variant, capture_cuda_graph
 
     from . import build as build_fused
@@ -271,6 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-block-k", type=int, nargs="+", default=[], metavar="K",
                     help="extra rows: both fused backends in a CUDA graph with K steps of up to K "
                          "(a power of two >= 64; see pack.tile_sizes)")
+    ap.add_argument("--target-tiles", type=int, nargs="+", default=[], metavar="T",
+                    help="extra rows: both fused backends in a CUDA graph with layers split into about T "
+                         "tiles (64 is the default; see pack.tile_sizes)")
     ap.add_argument("--paths", nargs="+", metavar="TEXT",
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
@@ -298,7 +302,11 @@ def main(argv=None) -> int:
     if any(k < 64 or k & (k - 1) for k in args.max_block_k):
         print("--max-block-k takes powers of two >= 64 (64 is the default tiling).", file=sys.stderr)
         return 2
+    if any(t < 1 for t in args.target_tiles):
+        print("--target-tiles takes tile counts >= 1.", file=sys.stderr)
+        return 2
     paths += [PROGRAMS_PATH.format(n) for n in args.programs]
+    paths += [TILES_PATH.format(b, t) for t in args.target_tiles for b in ("fused-layers", "fused-persistent")]
     paths += [BLOCK_K_PATH.format(b, k) for k in args.max_block_k for b in ("fused-layers", "fused-persistent")]
     if not paths:
         print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
