@@ -193,9 +193,10 @@ def _interpret(*args: str) -> list[dict]:
                                    "--target-tiles", "1", "--max-block-k", "128"]])
 def test_triton_kernels_under_the_interpreter_match_the_reference(args):
     rows = _interpret(*args)
-    assert {r["backend"] for r in rows} == {"fused-layers", "fused-persistent"}
+    assert {r["backend"] for r in rows if "backend" in r} == {"fused-layers", "fused-persistent"}
     assert [r["refuses_float32"] for r in rows if "refuses_float32" in r] == [True, True]
-    rows = [r for r in rows if "refuses_float32" not in r]
+    assert [r["counter"] for r in rows if "barrier_rounds" in r] == [0]  # a 1-program barrier passes
+    rows = [r for r in rows if "seed" in r]
     assert len(rows) == 2 * int(args[args.index("--seeds") + 1])
     for r in rows:
         assert r["shape"] == [1, 10] and r["max_ref"] > 0 and r["rel"] <= KERNEL_TOLERANCE, r

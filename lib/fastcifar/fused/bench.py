@@ -10,6 +10,7 @@ CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row wit
 Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
 spill_bytes, max_shared_bytes, kernel_resources). Tuning rows: --programs N (persistent grid size),
 --max-block-k K (K steps of deep layers) and --target-tiles T (tiles per layer), both fused backends.
+Last, rows "barrier only" time the grid barrier alone on several grid sizes (per_barrier_us).
 Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
 """
 from __future__ import annotations
@@ -103,6 +104,36 @@ def floor_fn(device):
         return buf
 
     return replay, buf
+
+
+BARRIER_ROUNDS = 10
+BARRIER_PATH = "barrier only: graph of {} grid barriers, programs={}"
+
+
+def barrier_row(programs: int, args, device, floor_p50, env_cols) -> dict:
+    """The persistent kernel's grid barrier alone: one launch of `programs` programs passing
+    BARRIER_ROUNDS barriers, replayed from a CUDA graph; per_barrier_us is its p50 above the floor's,
+    per barrier."""
+    from fastcifar.optimize import capture_cuda_graph
+
+    from .persistent import make_barrier_fn
+
+    row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": BARRIER_PATH.format(BARRIER_ROUNDS, programs),
+           "status": "ok", "error": "", **env_cols}
+    try:
+        fn = make_barrier_fn(programs, BARRIER_ROUNDS, device)
+        dummy = torch.zeros(1, device=device)
+        fn(dummy)  # compile outside the capture
+        torch.cuda.synchronize(device)
+        replay = capture_cuda_graph(fn, dummy)
+        row.update(time_path(replay, dummy, args))
+        if floor_p50:
+            row["per_barrier_us"] = (row["host_p50_ms"] - floor_p50) * 1000 / BARRIER_ROUNDS
+    except Exception as exc:
+        row.update(status="failed", error=_error_text(exc))
+    print(f"  {row['path']}: {row['status']} {row['error']} p50={row.get('host_p50_ms', float('nan')):.4f} ms "
+          f"per barrier {row.get('per_barrier_us', float('nan')):.2f} us", flush=True)
+    return row
 
 
 def _error_text(exc: BaseException) -> str:
@@ -344,6 +375,11 @@ def main(argv=None) -> int:
     deadline = start + args.time_budget
     for net, mirror, path in plan(nets, paths):
         rows.append(run_path(net, mirror, path, args, device, TOLERANCE, deadline, env_cols))
+        write(rows)
+    # last, like the persistent kernel: a barrier that never opens would hang the run
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for programs in sorted({p for p in (2, 16, 32, 64, sms, *args.programs) if p <= sms}):
+        rows.append(barrier_row(programs, args, device, floor_row.get("host_p50_ms"), env_cols))
         write(rows)
     report["total_s"] = time.perf_counter() - start
     atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))

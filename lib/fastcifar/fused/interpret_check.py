@@ -54,6 +54,11 @@ def main(argv=None) -> int:
             refused = True
         ok &= refused
         print(json.dumps({"backend": backend, "refuses_float32": refused}), flush=True)
+    from fastcifar.fused.persistent import make_barrier_fn
+
+    sync = make_barrier_fn(1, 3, "cpu")()  # one program: the barrier must let it through at once
+    ok &= int(sync.item()) == 0
+    print(json.dumps({"barrier_rounds": 3, "counter": int(sync.item())}), flush=True)
     return 0 if ok else 1
 
 

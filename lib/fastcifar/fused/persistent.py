@@ -81,6 +81,31 @@ def fastnet_kernel(x_ptr, head_ptr, out_ptr, sync_ptr, batch,
         head_tile(a9, head_ptr, out_ptr, batch, HEAD_C, 9, CLASSES, BLOCK_C, BLOCK_P, BLOCK_J)
 
 
+@triton.jit
+def barrier_rounds_kernel(sync_ptr, ROUNDS: tl.constexpr):
+    """ROUNDS grid barriers and nothing else: what the barrier alone costs on a given grid."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    for _ in tl.static_range(ROUNDS):
+        grid_barrier(sync_ptr, pid, nprog)
+
+
+def make_barrier_fn(programs: int, rounds: int, device, num_warps: int = 4):
+    """fn(_) -> counter: one launch of `programs` programs passing `rounds` grid barriers."""
+    if torch.device(device).type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if programs > sms:
+            raise ValueError(f"{programs} programs cannot all be resident on {sms} SMs: the grid barrier would hang")
+    sync = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def fn(_x=None):
+        barrier_rounds_kernel[(programs,)](sync, ROUNDS=rounds, num_warps=num_warps)
+        return sync
+
+    fn.sync = sync
+    return fn
+
+
 def _check_spatial(packed: PackedNet) -> None:
     """The kernel's slots hard-code FastNet's map sizes (32 -> 31 -> 15 -> 7 -> 3)."""
     sizes = [packed.layers[0].h_in] + [l.h_out for l in packed.layers]
