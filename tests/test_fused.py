@@ -143,6 +143,11 @@ def test_resources_read_each_launched_kernel():
     assert resources(lambda x: x) == [] and resources_text([]) == "kernel resources unknown"
 
 
+def test_build_refuses_a_bad_num_stages():
+    with pytest.raises(ValueError, match="num_stages must be >= 1"):
+        build(random_fastnet((16, 16, 16), 2), "fused-layers", torch.zeros(1, 3, 32, 32), num_stages=0)
+
+
 def test_pack_refuses_other_models():
     with pytest.raises(TypeError, match="FastNet"):
         pack(torch.nn.Linear(3, 10))
@@ -327,10 +332,11 @@ def test_bench_runs_the_persistent_kernel_last():
 
 
 def test_bench_tuning_rows_name_their_backend_and_knob():
-    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, TILES_PATH, plan, tuning_knob
+    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, STAGES_PATH, TILES_PATH, plan, tuning_knob
 
     assert tuning_knob(PROGRAMS_PATH.format(16)) == ("fused-persistent", "programs", 16)
     assert tuning_knob(BLOCK_K_PATH.format("fused-layers", 128)) == ("fused-layers", "max_block_k", 128)
     assert tuning_knob(TILES_PATH.format("fused-persistent", 32)) == ("fused-persistent", "target_tiles", 32)
+    assert tuning_knob(STAGES_PATH.format("fused-layers", 4)) == ("fused-layers", "num_stages", 4)
     paths = [BLOCK_K_PATH.format("fused-persistent", 128), BLOCK_K_PATH.format("fused-layers", 128)]
     assert [p for _, _, p in plan(["a"], paths)][-1].startswith("fused-persistent")

@@ -9,7 +9,8 @@ the same + compile(default), fused-layers and fused-persistent (direct and in a 
 CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
 Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
 spill_bytes, max_shared_bytes, kernel_resources). Tuning rows: --programs N (persistent grid size),
---max-block-k K (K steps of deep layers) and --target-tiles T (tiles per layer), both fused backends.
+--max-block-k K (K steps of deep layers), --target-tiles T (tiles per layer) and --num-stages S
+(software pipelining), both fused backends.
 Last, rows "barrier only" time the grid barrier alone on several grid sizes (per_barrier_us).
 Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
 """
@@ -166,6 +167,7 @@ class NetworkData:
 PROGRAMS_PATH = "fused-persistent graph programs={}"
 BLOCK_K_PATH = "{} graph max_block_k={}"
 TILES_PATH = "{} graph target_tiles={}"
+STAGES_PATH = "{} graph num_stages={}"
 
 
 def tuning_knob(path: str) -> tuple[str, str, int]:
@@ -177,7 +179,7 @@ def tuning_knob(path: str) -> tuple[str, str, int]:
 
 def tuned_variant(net: "NetworkData", mirror: bool, path: str):
     """A tuning row's variant: a fused backend replayed from a CUDA graph with one knob set, named in
-    the path as "<backend> graph <knob>=<value>" (knob programs, max_block_k or target_tiles)."""
+    the path as "<backend> graph <knob>=<value>" (knob programs, max_block_k, target_tiles or num_stages)."""
     from fastcifar.optimize import Spec, Variant, capture_cuda_graph
 
     from . import build as build_fused
@@ -306,6 +308,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target-tiles", type=int, nargs="+", default=[], metavar="T",
                     help="extra rows: both fused backends in a CUDA graph with layers split into about T "
                          "tiles (64 is the default; see pack.tile_sizes)")
+    ap.add_argument("--num-stages", type=int, nargs="+", default=[], metavar="S",
+                    help="extra rows: both fused backends in a CUDA graph with S software-pipeline stages "
+                         "(K steps whose loads are in flight at once; Triton's default is 3)")
     ap.add_argument("--paths", nargs="+", metavar="TEXT",
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
@@ -333,11 +338,15 @@ def main(argv=None) -> int:
     if any(k < 64 or k & (k - 1) for k in args.max_block_k):
         print("--max-block-k takes powers of two >= 64 (64 is the default tiling).", file=sys.stderr)
         return 2
+    if any(s < 1 for s in args.num_stages):
+        print("--num-stages takes stage counts >= 1.", file=sys.stderr)
+        return 2
     if any(t < 1 for t in args.target_tiles):
         print("--target-tiles takes tile counts >= 1.", file=sys.stderr)
         return 2
     paths += [PROGRAMS_PATH.format(n) for n in args.programs]
     paths += [TILES_PATH.format(b, t) for t in args.target_tiles for b in ("fused-layers", "fused-persistent")]
+    paths += [STAGES_PATH.format(b, n) for n in args.num_stages for b in ("fused-layers", "fused-persistent")]
     paths += [BLOCK_K_PATH.format(b, k) for k in args.max_block_k for b in ("fused-layers", "fused-persistent")]
     if not paths:
         print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)

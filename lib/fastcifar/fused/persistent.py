@@ -146,7 +146,8 @@ def default_programs(packed: PackedNet, device: torch.device) -> int:
     return max(1, min(sms, most_tiles))
 
 
-def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps: int = 4):
+def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps: int = 4,
+                       num_stages: int | None = None):
     """fn(x) -> logits in one launch of `programs` programs (default: default_programs).
 
     fn returns the packed net's logits buffer itself (no allocation): the next call overwrites it."""
@@ -161,11 +162,12 @@ def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps
     sync = torch.zeros(1, dtype=torch.int32, device=device)  # the barrier counter; see grid_barrier
     tail = (packed.head, packed.logits, sync, packed.batch, *slot_args)
     grid = (programs,)
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
     compiled = [None]  # the launched kernel, for its resources (see resources)
 
     def fn(x):
         check_input(x)
-        compiled[0] = fastnet_kernel[grid](x, *tail, num_warps=num_warps, **const)
+        compiled[0] = fastnet_kernel[grid](x, *tail, **options, **const)
         return packed.logits
 
     fn.programs = programs
