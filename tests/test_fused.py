@@ -100,6 +100,54 @@ def test_build_needs_cuda_and_a_known_backend():
         build(model, "fused-layers", torch.zeros(1, 3, 32, 32))
 
 
+def test_max_block_k_takes_fewer_larger_k_steps_only_where_channels_allow():
+    from fastcifar.fused.pack import tile_sizes
+
+    assert tile_sizes(9, 512, 512)[2] == 64  # the default keeps steps of 64
+    assert tile_sizes(9, 512, 512, max_block_k=256)[2] == 256
+    assert tile_sizes(9, 384, 512, max_block_k=512)[2] == 256  # never more than the channels
+    assert tile_sizes(225, 32, 64, max_block_k=256)[2] == 32  # narrow layers keep their steps
+    for bad in (32, 96):
+        with pytest.raises(ValueError, match="power of two >= 64"):
+            tile_sizes(9, 512, 512, max_block_k=bad)
+    model = random_fastnet((16, 128, 128), 2)
+    packed = pack(model, max_block_k=128)
+    assert [l.block_k for l in packed.layers if l.c_in >= 128] == [128, 128, 128]
+    assert all(l.k_pad % l.block_k == 0 and l.k_pad >= l.k for l in packed.layers)
+    x = torch.randn(1, 3, 32, 32)
+    assert relative_error(reference(packed, x), model_logits(model, x, False)) <= TOLERANCE
+
+
+class _FakeKernel:
+    """What resources() reads of a Triton CompiledKernel: metadata.shared, and n_regs / n_spills once
+    _init_handles has loaded the binary."""
+
+    def __init__(self, name, regs, spills, shared):
+        self.name, self._loaded = name, (regs, spills)
+        self.metadata = type("Metadata", (), {"shared": shared})()
+
+    def _init_handles(self):
+        self.n_regs, self.n_spills = self._loaded
+
+
+def test_resources_read_each_launched_kernel():
+    from fastcifar.fused import resources, resources_text
+
+    fn = lambda x: x  # noqa: E731
+    fn.compiled = [_FakeKernel("layer", 96, 0, 8192), None, _FakeKernel("head", 40, 16, 1024)]
+    rows = resources(fn)
+    assert [(r["name"], r["n_regs"], r["n_spills"], r["shared_bytes"]) for r in rows] == [
+        ("layer", 96, 0, 8192), ("head", 40, 16, 1024)]
+    text = resources_text(rows)
+    assert "2 kernel(s)" in text and "max 96" in text and "spills 16" in text and "8192 bytes" in text
+    assert resources(lambda x: x) == [] and resources_text([]) == "kernel resources unknown"
+
+
+def test_build_refuses_a_bad_num_stages():
+    with pytest.raises(ValueError, match="num_stages must be >= 1"):
+        build(random_fastnet((16, 16, 16), 2), "fused-layers", torch.zeros(1, 3, 32, 32), num_stages=0)
+
+
 def test_pack_refuses_other_models():
     with pytest.raises(TypeError, match="FastNet"):
         pack(torch.nn.Linear(3, 10))
@@ -144,12 +192,16 @@ def _interpret(*args: str) -> list[dict]:
                                   ["--convs", "3", "--widths", "16", "16", "16", "--mirror", "--seeds", "1"],
                                   # the largest tiles: several channel blocks, block_n 32 and 64
                                   ["--convs", "3", "--widths", "16", "32", "64", "--mirror", "--seeds", "1",
-                                   "--target-tiles", "1"]])
+                                   "--target-tiles", "1"],
+                                  # K steps of 128 (max_block_k) on the 128-channel inputs
+                                  ["--convs", "2", "--widths", "16", "128", "128", "--seeds", "1",
+                                   "--target-tiles", "1", "--max-block-k", "128"]])
 def test_triton_kernels_under_the_interpreter_match_the_reference(args):
     rows = _interpret(*args)
-    assert {r["backend"] for r in rows} == {"fused-layers", "fused-persistent"}
+    assert {r["backend"] for r in rows if "backend" in r} == {"fused-layers", "fused-persistent"}
     assert [r["refuses_float32"] for r in rows if "refuses_float32" in r] == [True, True]
-    rows = [r for r in rows if "refuses_float32" not in r]
+    assert [r["counter"] for r in rows if "barrier_rounds" in r] == [0]  # a 1-program barrier passes
+    rows = [r for r in rows if "seed" in r]
     assert len(rows) == 2 * int(args[args.index("--seeds") + 1])
     for r in rows:
         assert r["shape"] == [1, 10] and r["max_ref"] > 0 and r["rel"] <= KERNEL_TOLERANCE, r
@@ -277,3 +329,14 @@ def test_bench_runs_the_persistent_kernel_last():
     kinds = ["persistent" in p for _, _, p in order]
     assert kinds == sorted(kinds)  # every other path of every network first
     assert {(n, m) for n, m, p in order if "persistent" in p} == {("a", False), ("a", True), ("b", False), ("b", True)}
+
+
+def test_bench_tuning_rows_name_their_backend_and_knob():
+    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, STAGES_PATH, TILES_PATH, plan, tuning_knob
+
+    assert tuning_knob(PROGRAMS_PATH.format(16)) == ("fused-persistent", "programs", 16)
+    assert tuning_knob(BLOCK_K_PATH.format("fused-layers", 128)) == ("fused-layers", "max_block_k", 128)
+    assert tuning_knob(TILES_PATH.format("fused-persistent", 32)) == ("fused-persistent", "target_tiles", 32)
+    assert tuning_knob(STAGES_PATH.format("fused-layers", 4)) == ("fused-layers", "num_stages", 4)
+    paths = [BLOCK_K_PATH.format("fused-persistent", 128), BLOCK_K_PATH.format("fused-layers", 128)]
+    assert [p for _, _, p in plan(["a"], paths)][-1].startswith("fused-persistent")

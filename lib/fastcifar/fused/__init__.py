@@ -4,10 +4,12 @@
 - reference.py: the same computation in plain PyTorch (CPU), the kernels' specification.
 - kernels.py: Triton device code (conv tile with fused epilogue, head, grid barrier).
 - layers.py: backend "fused-layers", one kernel per layer plus one for the head.
-- persistent.py: backend "fused-persistent", the whole network in one launch.
+- persistent.py: backend "fused-persistent", the whole network in one launch (and a kernel of grid
+  barriers only, to time the barrier alone).
 - samples.py: random FastNets for checks and benchmarks.
 - interpret_check.py: the kernels on the CPU under TRITON_INTERPRET=1 (run as a module).
-- bench.py: the GPU benchmark (`python -m fastcifar.fused.bench --out DIR`).
+- bench.py: the GPU benchmark (`python -m fastcifar.fused.bench --out DIR`), with each fused path's
+  registers, spills and shared memory (`resources`) and tuning rows (grid size, tiling, barrier).
 Triton is imported only when a backend is built, so packing and the reference work without it.
 """
 from __future__ import annotations
@@ -32,22 +34,53 @@ TOLERANCE = 2e-2
 KERNEL_TOLERANCE = 2e-3
 
 
-def make_fn(packed: PackedNet, backend: str, programs: int | None = None, num_warps: int = 4):
+def resources(fn) -> list[dict]:
+    """Registers per thread, spilled bytes and shared memory of each kernel fn launched on its last
+    call (from the compiled kernels' metadata; empty under the interpreter, which compiles nothing).
+    Many registers limit how many warps an SM keeps in flight; any spill puts local-memory traffic
+    into every K step."""
+    out = []
+    for kernel in getattr(fn, "compiled", []):
+        if kernel is None or not hasattr(kernel, "metadata"):
+            continue
+        try:
+            kernel._init_handles()  # loads the binary if needed; fills n_regs and n_spills
+        except Exception:  # resources are a report, never a reason to fail a build
+            pass
+        out.append({"name": getattr(kernel, "name", "?"), "n_regs": getattr(kernel, "n_regs", None),
+                    "n_spills": getattr(kernel, "n_spills", None),
+                    "shared_bytes": getattr(kernel.metadata, "shared", None)})
+    return out
+
+
+def resources_text(rows: list[dict]) -> str:
+    """One line for notes and tables: the most registers, total spills and most shared memory."""
+    if not rows:
+        return "kernel resources unknown"
+    regs = [r["n_regs"] for r in rows if r["n_regs"] is not None]
+    spills = [r["n_spills"] for r in rows if r["n_spills"] is not None]
+    shared = [r["shared_bytes"] for r in rows if r["shared_bytes"] is not None]
+    return (f"{len(rows)} kernel(s): registers per thread max {max(regs) if regs else '?'}, "
+            f"spills {sum(spills) if spills else '?'}, shared memory max {max(shared) if shared else '?'} bytes")
+
+
+def make_fn(packed: PackedNet, backend: str, programs: int | None = None, num_warps: int = 4,
+            num_stages: int | None = None):
     """The callable for `backend` over an already packed net (CUDA tensors, or CPU ones when
     TRITON_INTERPRET=1 is set before Triton is imported)."""
     if backend == "fused-layers":
         from .layers import make_layers_fn
 
-        return make_layers_fn(packed, num_warps=num_warps)
+        return make_layers_fn(packed, num_warps=num_warps, num_stages=num_stages)
     if backend == "fused-persistent":
         from .persistent import make_persistent_fn
 
-        return make_persistent_fn(packed, programs=programs, num_warps=num_warps)
+        return make_persistent_fn(packed, programs=programs, num_warps=num_warps, num_stages=num_stages)
     raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
 
 
 def build(model, backend: str, example, mirror: bool = False, programs: int | None = None, num_warps: int = 4,
-          target_tiles: int = 64):
+          target_tiles: int = 64, max_block_k: int = 64, num_stages: int | None = None):
     """Pack a FastNet (its BatchNorms folded here if they are not yet) for `backend` ("fused-layers"
     or "fused-persistent") and return (fn, notes).
 
@@ -57,13 +90,17 @@ def build(model, backend: str, example, mirror: bool = False, programs: int | No
     what you keep). The first call compiles the kernels; build makes that call on `example`.
 
     Tuning knobs: `programs` (persistent grid; default min(SMs, most tiles of a layer)), `num_warps`
-    per program, `target_tiles` (how finely layers are split, see pack.tile_sizes)."""
+    per program, `target_tiles` and `max_block_k` (how layers are tiled, see pack.tile_sizes),
+    `num_stages` (K steps whose loads are in flight at once; None: Triton's default)."""
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f"num_stages must be >= 1 (or None for Triton's default), not {num_stages}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
         raise ValueError("the fused kernels run on CUDA: pass a CUDA example input")
-    packed = pack(model, mirror=mirror, device=example.device, target_tiles=target_tiles)
-    fn = make_fn(packed, backend, programs=programs, num_warps=num_warps)
+    packed = pack(model, mirror=mirror, device=example.device, target_tiles=target_tiles,
+                  max_block_k=max_block_k)
+    fn = make_fn(packed, backend, programs=programs, num_warps=num_warps, num_stages=num_stages)
     x = example.to(torch.float16).contiguous()
     t0 = time.perf_counter()
     fn(x)  # compiles every kernel once, outside any timed loop or graph capture
@@ -71,7 +108,8 @@ def build(model, backend: str, example, mirror: bool = False, programs: int | No
     compile_s = time.perf_counter() - t0
     notes = [f"{backend}: {fn.kernels_per_call} kernel launch(es) per call",
              f"FP16 weights and activations, FP32 biases and accumulation; {packed.weight_bytes() / 1e6:.2f} MB packed",
-             f"first call (Triton compile) {compile_s:.1f} s"]
+             f"first call (Triton compile) {compile_s:.1f} s",
+             resources_text(resources(fn))]
     if backend == "fused-persistent":
         notes.append(f"{fn.programs} programs, grid barrier between layers")
     if mirror:

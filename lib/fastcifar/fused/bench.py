@@ -7,6 +7,11 @@ parity against the FP32 model (max error relative to max |logit|, argmax agreeme
 then times every path with fastcifar.bench.benchmark_latency: PyTorch FP16 + BN folded + CUDA graph,
 the same + compile(default), fused-layers and fused-persistent (direct and in a CUDA graph), and a
 CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
+Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
+spill_bytes, max_shared_bytes, kernel_resources). Tuning rows: --programs N (persistent grid size),
+--max-block-k K (K steps of deep layers), --target-tiles T (tiles per layer) and --num-stages S
+(software pipelining), both fused backends.
+Last, rows "barrier only" time the grid barrier alone on several grid sizes (per_barrier_us).
 Writes DIR/fused_bench.csv and DIR/fused_bench_env.json; prints a table last.
 """
 from __future__ import annotations
@@ -102,6 +107,36 @@ def floor_fn(device):
     return replay, buf
 
 
+BARRIER_ROUNDS = 10
+BARRIER_PATH = "barrier only: graph of {} grid barriers, programs={}"
+
+
+def barrier_row(programs: int, args, device, floor_p50, env_cols) -> dict:
+    """The persistent kernel's grid barrier alone: one launch of `programs` programs passing
+    BARRIER_ROUNDS barriers, replayed from a CUDA graph; per_barrier_us is its p50 above the floor's,
+    per barrier."""
+    from fastcifar.optimize import capture_cuda_graph
+
+    from .persistent import make_barrier_fn
+
+    row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": BARRIER_PATH.format(BARRIER_ROUNDS, programs),
+           "status": "ok", "error": "", **env_cols}
+    try:
+        fn = make_barrier_fn(programs, BARRIER_ROUNDS, device)
+        dummy = torch.zeros(1, device=device)
+        fn(dummy)  # compile outside the capture
+        torch.cuda.synchronize(device)
+        replay = capture_cuda_graph(fn, dummy)
+        row.update(time_path(replay, dummy, args))
+        if floor_p50:
+            row["per_barrier_us"] = (row["host_p50_ms"] - floor_p50) * 1000 / BARRIER_ROUNDS
+    except Exception as exc:
+        row.update(status="failed", error=_error_text(exc))
+    print(f"  {row['path']}: {row['status']} {row['error']} p50={row.get('host_p50_ms', float('nan')):.4f} ms "
+          f"per barrier {row.get('per_barrier_us', float('nan')):.2f} us", flush=True)
+    return row
+
+
 def _error_text(exc: BaseException) -> str:
     return traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
 
@@ -130,19 +165,47 @@ class NetworkData:
 
 
 PROGRAMS_PATH = "fused-persistent graph programs={}"
+BLOCK_K_PATH = "{} graph max_block_k={}"
+TILES_PATH = "{} graph target_tiles={}"
+STAGES_PATH = "{} graph num_stages={}"
 
 
-def persistent_with_programs(net: "NetworkData", mirror: bool, programs: int):
-    """The persistent kernel on a chosen grid size, replayed from a CUDA graph (a tuning row)."""
+def tuning_knob(path: str) -> tuple[str, str, int]:
+    """(backend, knob, value) of a tuning row's path "<backend> graph <knob>=<value>"."""
+    head, knob = path.rsplit(" ", 1)
+    name, value = knob.split("=")
+    return head.split(" ")[0], name, int(value)
+
+
+def tuned_variant(net: "NetworkData", mirror: bool, path: str):
+    """A tuning row's variant: a fused backend replayed from a CUDA graph with one knob set, named in
+    the path as "<backend> graph <knob>=<value>" (knob programs, max_block_k, target_tiles or num_stages)."""
     from fastcifar.optimize import Spec, Variant, capture_cuda_graph
 
     from . import build as build_fused
 
-    spec = Spec(precision="fp16", mirror=mirror, backend="fused-persistent", cuda_graph=True)
-    fn, notes = build_fused(net.model, "fused-persistent", net.example.half(), mirror=mirror, programs=programs)
+    backend, name, value = tuning_knob(path)
+    spec = Spec(precision="fp16", mirror=mirror, backend=backend, cuda_graph=True)
+    fn, notes = build_fused(net.model, backend, net.example.half(), mirror=mirror, **{name: value})
     variant = Variant(spec, fn, net.model, torch.float16, torch.contiguous_format, notes=list(notes))
     variant.fn = capture_cuda_graph(fn, variant.prepare(net.example))
     return variant
+
+
+def kernel_resource_columns(variant) -> dict:
+    """Registers, spills and shared memory of a fused path's compiled kernels (nothing for torch
+    paths): the most registers of any kernel, all spilled bytes, the most shared memory, and each
+    kernel as registers/spills/shared."""
+    from . import resources
+
+    fn = getattr(variant.fn, "captured", variant.fn)  # a CUDA-graph replay keeps the captured fn
+    rows = resources(fn)
+    if not rows:
+        return {}
+    known = lambda key: [r[key] for r in rows if r[key] is not None]  # noqa: E731
+    return {"max_regs": max(known("n_regs"), default=""), "spill_bytes": sum(known("n_spills")),
+            "max_shared_bytes": max(known("shared_bytes"), default=""),
+            "kernel_resources": " ".join(f"{r['n_regs']}/{r['n_spills']}/{r['shared_bytes']}" for r in rows)}
 
 
 def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
@@ -161,11 +224,12 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
             if path in PATHS:
                 variant = build(net.model, Spec(precision="fp16", mirror=mirror, **PATHS[path]), net.example)
             else:
-                variant = persistent_with_programs(net, mirror, int(path.rsplit("=", 1)[1]))
+                variant = tuned_variant(net, mirror, path)
             torch.cuda.synchronize(device)
             row["build_s"] = time.perf_counter() - t0
             row["compile_s"] = variant.compile_s if variant.compile_s is not None else ""
             row["notes"] = "; ".join(variant.notes)
+            row.update(kernel_resource_columns(variant))
             row.update(parity(variant, net.xs, net.want[mirror], tolerance))
             row.update(time_path(variant.fn, variant.prepare(net.example), args))
         except Exception as exc:  # one failed path is a row with its error, not the end of the run
@@ -173,7 +237,8 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
         variant = None  # its graph and buffers go before the next path is built
         torch.cuda.empty_cache()
     print(f"  {net.label} mirror={mirror} {path}: {row['status']} {row['error']}"
-          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms", flush=True)
+          f" p95={row.get('host_p95_ms', float('nan')):.4f} ms"
+          + (f" [{row['kernel_resources']}]" if row.get("kernel_resources") else ""), flush=True)
     return row
 
 
@@ -214,7 +279,8 @@ class UsageError(Exception):
 
 def print_table(rows: list[dict]) -> None:
     cols = [("network", 30), ("mirror", 6), ("path", 32), ("status", 7), ("host_p50_ms", 8), ("host_p95_ms", 8),
-            ("gpu_p50_ms", 8), ("kernels_per_call", 7), ("max_rel_err", 9), ("argmax_agree", 7)]
+            ("gpu_p50_ms", 8), ("kernels_per_call", 7), ("max_rel_err", 9), ("argmax_agree", 7),
+            ("max_regs", 5), ("spill_bytes", 6), ("max_shared_bytes", 7)]
     print(" ".join(f"{c[:w]:>{w}}" for c, w in cols))
     for r in rows:
         cells = []
@@ -236,6 +302,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the smallest random shape")
     ap.add_argument("--programs", type=int, nargs="+", default=[], metavar="N",
                     help="extra rows: the persistent kernel in a CUDA graph on a grid of N programs")
+    ap.add_argument("--max-block-k", type=int, nargs="+", default=[], metavar="K",
+                    help="extra rows: both fused backends in a CUDA graph with K steps of up to K "
+                         "(a power of two >= 64; see pack.tile_sizes)")
+    ap.add_argument("--target-tiles", type=int, nargs="+", default=[], metavar="T",
+                    help="extra rows: both fused backends in a CUDA graph with layers split into about T "
+                         "tiles (64 is the default; see pack.tile_sizes)")
+    ap.add_argument("--num-stages", type=int, nargs="+", default=[], metavar="S",
+                    help="extra rows: both fused backends in a CUDA graph with S software-pipeline stages "
+                         "(K steps whose loads are in flight at once; Triton's default is 3)")
     ap.add_argument("--paths", nargs="+", metavar="TEXT",
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
@@ -260,7 +335,19 @@ def main(argv=None) -> int:
         print("--programs takes grid sizes from 1 to the number of SMs (all programs must be resident).",
               file=sys.stderr)
         return 2
+    if any(k < 64 or k & (k - 1) for k in args.max_block_k):
+        print("--max-block-k takes powers of two >= 64 (64 is the default tiling).", file=sys.stderr)
+        return 2
+    if any(s < 1 for s in args.num_stages):
+        print("--num-stages takes stage counts >= 1.", file=sys.stderr)
+        return 2
+    if any(t < 1 for t in args.target_tiles):
+        print("--target-tiles takes tile counts >= 1.", file=sys.stderr)
+        return 2
     paths += [PROGRAMS_PATH.format(n) for n in args.programs]
+    paths += [TILES_PATH.format(b, t) for t in args.target_tiles for b in ("fused-layers", "fused-persistent")]
+    paths += [STAGES_PATH.format(b, n) for n in args.num_stages for b in ("fused-layers", "fused-persistent")]
+    paths += [BLOCK_K_PATH.format(b, k) for k in args.max_block_k for b in ("fused-layers", "fused-persistent")]
     if not paths:
         print(f"--paths {' '.join(args.paths)} matches none of: {', '.join(PATHS)}.", file=sys.stderr)
         return 2
@@ -297,6 +384,11 @@ def main(argv=None) -> int:
     deadline = start + args.time_budget
     for net, mirror, path in plan(nets, paths):
         rows.append(run_path(net, mirror, path, args, device, TOLERANCE, deadline, env_cols))
+        write(rows)
+    # last, like the persistent kernel: a barrier that never opens would hang the run
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for programs in sorted({p for p in (2, 16, 32, 64, sms, *args.programs) if p <= sms}):
+        rows.append(barrier_row(programs, args, device, floor_row.get("host_p50_ms"), env_cols))
         write(rows)
     report["total_s"] = time.perf_counter() - start
     atomic.write_text(out / "fused_bench_env.json", json.dumps(report, indent=2, default=str))

@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--convs", type=int, default=2, choices=(2, 3))
     parser.add_argument("--mirror", action="store_true")
     parser.add_argument("--target-tiles", type=int, default=64, help="see pack.tile_sizes (1: largest tiles)")
+    parser.add_argument("--max-block-k", type=int, default=64, help="see pack.tile_sizes")
     parser.add_argument("--seeds", type=int, default=2, help="random inputs per backend")
     parser.add_argument("--backends", nargs="+", default=["fused-layers", "fused-persistent"])
     args = parser.parse_args(argv)
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     model = random_fastnet(tuple(args.widths), args.convs)
     ok = True
     for backend in args.backends:
-        packed = pack(model, mirror=args.mirror, target_tiles=args.target_tiles)
+        packed = pack(model, mirror=args.mirror, target_tiles=args.target_tiles,
+                      max_block_k=args.max_block_k)
         fn = make_fn(packed, backend, programs=1)  # the interpreter runs programs one after another
         for seed in range(1, args.seeds + 1):
             torch.manual_seed(seed)
@@ -52,6 +54,11 @@ def main(argv=None) -> int:
             refused = True
         ok &= refused
         print(json.dumps({"backend": backend, "refuses_float32": refused}), flush=True)
+    from fastcifar.fused.persistent import make_barrier_fn
+
+    sync = make_barrier_fn(1, 3, "cpu")()  # one program: the barrier must let it through at once
+    ok &= int(sync.item()) == 0
+    print(json.dumps({"barrier_rounds": 3, "counter": int(sync.item())}), flush=True)
     return 0 if ok else 1
 
 

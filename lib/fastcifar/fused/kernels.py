@@ -1,8 +1,13 @@
 """Triton device code shared by both fused backends: one conv output tile, the head, a grid barrier.
 
-Only long-standing Triton features are used (tl.dot, masked loads and stores, scalar atomics with
-`sem=`, tl.debug_barrier, tl.static_range), so the same source runs on Triton 3.x and under
-TRITON_INTERPRET=1 on the CPU. Batch size is a runtime argument: mirror on and off share compiled code.
+Only long-standing Triton features are used (tl.dot, masked and volatile loads, stores, scalar atomics
+with `sem=`, tl.debug_barrier), so the same source runs on Triton 3.x and under TRITON_INTERPRET=1 on
+the CPU. Batch size is a runtime argument: mirror on and off share compiled code.
+
+Loops whose bounds are runtime values (the batch, a program's share of the tiles) are `while` loops,
+never `range(...)`: the interpreter of Triton 3.6 turns a runtime scalar into a Python int with
+int() of a one-element array, which numpy 2 refuses; a `while` condition goes through bool(), which
+every version handles.
 """
 from __future__ import annotations
 
@@ -91,13 +96,15 @@ def head_tile(act_ptr, head_ptr, out_ptr, batch, C: tl.constexpr, POSITIONS: tl.
     j = tl.arange(0, BLOCK_J)
     w = tl.load(head_ptr + c[:, None] * BLOCK_J + j[None, :]).to(tl.float32)
     total = tl.zeros((BLOCK_J,), dtype=tl.float32)
-    for bi in range(batch):
+    bi = 0
+    while bi < batch:  # not range(batch): see the module docstring
         ok = (pos < POSITIONS)[:, None] & (c < C)[None, :]
         a = tl.load(act_ptr + (bi * POSITIONS + pos[:, None]) * C + c[None, :], mask=ok, other=float("-inf"),
                     cache_modifier=".cg")
         feat = tl.max(a.to(tl.float32), axis=0)
         feat = tl.where(c < C, feat, 0.0)
         total += tl.sum(feat[:, None] * w, axis=0)
+        bi += 1
     tl.store(out_ptr + j, total / batch, mask=j < CLASSES)
 
 

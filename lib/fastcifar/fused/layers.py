@@ -49,11 +49,12 @@ def head_constants(packed: PackedNet) -> dict:
                 BLOCK_J=packed.head.shape[1])
 
 
-def make_layers_fn(packed: PackedNet, num_warps: int = 4):
+def make_layers_fn(packed: PackedNet, num_warps: int = 4, num_stages: int | None = None):
     """fn(x) -> logits: len(layers) + 1 launches, each layer reading the previous one's buffer.
 
     fn returns the packed net's logits buffer itself (no allocation): the next call overwrites it."""
     batch = packed.batch
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
     launches = []
     for i, layer in enumerate(packed.layers):
         out = packed.activations[i]
@@ -62,14 +63,17 @@ def make_layers_fn(packed: PackedNet, num_warps: int = 4):
     head_args = (packed.activations[-1], packed.head, packed.logits, batch)
     head_const = head_constants(packed)
 
+    compiled = [None] * (len(launches) + 1)  # the launched kernels, for their resources (see resources)
+
     def fn(x):
         check_input(x)
         src = x
-        for grid, args, const in launches:
-            layer_kernel[grid](src, *args, num_warps=num_warps, **const)
+        for i, (grid, args, const) in enumerate(launches):
+            compiled[i] = layer_kernel[grid](src, *args, **options, **const)
             src = args[3]
-        head_kernel[(1,)](*head_args, num_warps=num_warps, **head_const)
+        compiled[-1] = head_kernel[(1,)](*head_args, **options, **head_const)
         return packed.logits
 
     fn.kernels_per_call = len(launches) + 1
+    fn.compiled = compiled
     return fn

@@ -96,25 +96,34 @@ class PackedNet:
         return sum(l.weight.numel() * 2 + l.bias.numel() * 4 for l in self.layers) + self.head.numel() * 2
 
 
-def tile_sizes(rows: int, c_in: int, c_out: int, target_tiles: int = 64) -> tuple[int, int, int]:
+def tile_sizes(rows: int, c_in: int, c_out: int, target_tiles: int = 64,
+               max_block_k: int = 64) -> tuple[int, int, int]:
     """(block_m, block_n, block_k) for a layer. At batch 1 a layer has few output rows, so tiles are
     kept small enough that it spreads over about `target_tiles` programs: block_n shrinks (down to
-    16, the least tl.dot takes) until the layer has that many tiles."""
+    16, the least tl.dot takes) until the layer has that many tiles.
+
+    A tile's K loop is a chain of dependent steps (load, multiply-add), so deep layers spend their
+    time in step latency, not arithmetic: `max_block_k` (a power of two >= 64) lets layers with at
+    least that many input channels take fewer, larger steps."""
+    if max_block_k < 64 or max_block_k & (max_block_k - 1):
+        raise ValueError(f"max_block_k must be a power of two >= 64, not {max_block_k}")
     block_m = 64 if rows >= 2048 else 32 if rows >= 128 else 16
     m_blocks = -(-rows // block_m)
     block_n = min(64, _pow2_at_least(c_out))
     while block_n > 16 and m_blocks * -(-c_out // block_n) < target_tiles:
         block_n //= 2
     block_k = 16 if c_in < 8 else 32 if c_in < 64 else 64
+    while block_k < max_block_k and c_in >= 2 * block_k:
+        block_k *= 2
     return block_m, block_n, block_k
 
 
 def _conv_layer(conv: nn.Conv2d, h_in: int, pad: int, pool: bool, skip, batch: int, input_nchw=False,
-                target_tiles: int = 64) -> ConvLayer:
+                target_tiles: int = 64, max_block_k: int = 64) -> ConvLayer:
     c_out, c_in, ksize, _ = conv.weight.shape
     probe = ConvLayer(c_in, c_out, h_in, ksize, pad, pool, skip, 0, 0, 0, torch.empty(0, 0), torch.empty(0))
     rows = batch * probe.h_out ** 2
-    block_m, block_n, block_k = tile_sizes(rows, c_in, c_out, target_tiles)
+    block_m, block_n, block_k = tile_sizes(rows, c_in, c_out, target_tiles, max_block_k)
     k = ksize * ksize * c_in
     w = torch.zeros(_round_up(k, block_k), _round_up(c_out, block_n), dtype=torch.float16,
                     device=conv.weight.device)
@@ -136,16 +145,19 @@ def folded(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def pack(model: nn.Module, mirror: bool = False, device=None, target_tiles: int = 64) -> PackedNet:
+def pack(model: nn.Module, mirror: bool = False, device=None, target_tiles: int = 64,
+         max_block_k: int = 64) -> PackedNet:
     """Pack a FastNet (folded here if needed) for the fused kernels, with its activation buffers.
-    `target_tiles` sets how finely each layer is split (see tile_sizes)."""
+    `target_tiles` and `max_block_k` set how each layer is tiled (see tile_sizes)."""
+    tile_sizes(1, 1, 1, target_tiles, max_block_k)  # refuses a bad max_block_k before any work
     model = folded(model)
     device = torch.device(device) if device is not None else model.whiten.weight.device
     batch = 2 if mirror else 1
     whiten = model.whiten
     if whiten.kernel_size != (2, 2) or whiten.padding != (0, 0) or whiten.in_channels != 3:
         raise ValueError("the fused kernels expect FastNet's 2x2, unpadded, 3-channel whitening conv")
-    layers = [_conv_layer(whiten, 32, 0, False, None, batch, input_nchw=True, target_tiles=target_tiles)]
+    layers = [_conv_layer(whiten, 32, 0, False, None, batch, input_nchw=True, target_tiles=target_tiles,
+                          max_block_k=max_block_k)]
     convs = len(model.groups[0].convs)
     for group in model.groups:
         if len(group.convs) != convs:
@@ -157,7 +169,7 @@ def pack(model: nn.Module, mirror: bool = False, device=None, target_tiles: int 
                 raise ValueError("pack a folded FastNet (fold_batchnorm) or let pack fold it")
             skip = first if (convs == 3 and i == 2) else None
             layers.append(_conv_layer(conv, h if i == 0 else layers[-1].h_out, 1, i == 0, skip, batch,
-                                      target_tiles=target_tiles))
+                                      target_tiles=target_tiles, max_block_k=max_block_k))
     layers = [ConvLayer(**{**l.__dict__, "weight": l.weight.to(device), "bias": l.bias.to(device)})
               for l in layers]
     head_w = model.head.weight.detach()  # already multiplied by head_scale in the folded model

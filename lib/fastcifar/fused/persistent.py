@@ -24,9 +24,11 @@ def _phase(pid, nprog, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch,
            INPUT_NCHW: tl.constexpr, K_PAD: tl.constexpr, N_PAD: tl.constexpr,
            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     tiles = tl.cdiv(batch * H_OUT * H_OUT, BLOCK_M) * (N_PAD // BLOCK_N)
-    for t in range(pid, tiles, nprog):
+    t = pid
+    while t < tiles:  # not range(pid, tiles, nprog): see kernels' docstring
         conv_tile(t, in_ptr, w_ptr, b_ptr, skip_ptr, out_ptr, batch, C_IN, H_IN, C_OUT, H_OUT,
                   KSIZE, PAD, POOL, RESIDUAL, INPUT_NCHW, K_PAD, N_PAD, BLOCK_M, BLOCK_N, BLOCK_K)
+        t += nprog
 
 
 @triton.jit
@@ -79,6 +81,31 @@ def fastnet_kernel(x_ptr, head_ptr, out_ptr, sync_ptr, batch,
         head_tile(a9, head_ptr, out_ptr, batch, HEAD_C, 9, CLASSES, BLOCK_C, BLOCK_P, BLOCK_J)
 
 
+@triton.jit
+def barrier_rounds_kernel(sync_ptr, ROUNDS: tl.constexpr):
+    """ROUNDS grid barriers and nothing else: what the barrier alone costs on a given grid."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    for _ in tl.static_range(ROUNDS):
+        grid_barrier(sync_ptr, pid, nprog)
+
+
+def make_barrier_fn(programs: int, rounds: int, device, num_warps: int = 4):
+    """fn(_) -> counter: one launch of `programs` programs passing `rounds` grid barriers."""
+    if torch.device(device).type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if programs > sms:
+            raise ValueError(f"{programs} programs cannot all be resident on {sms} SMs: the grid barrier would hang")
+    sync = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def fn(_x=None):
+        barrier_rounds_kernel[(programs,)](sync, ROUNDS=rounds, num_warps=num_warps)
+        return sync
+
+    fn.sync = sync
+    return fn
+
+
 def _check_spatial(packed: PackedNet) -> None:
     """The kernel's slots hard-code FastNet's map sizes (32 -> 31 -> 15 -> 7 -> 3)."""
     sizes = [packed.layers[0].h_in] + [l.h_out for l in packed.layers]
@@ -119,7 +146,8 @@ def default_programs(packed: PackedNet, device: torch.device) -> int:
     return max(1, min(sms, most_tiles))
 
 
-def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps: int = 4):
+def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps: int = 4,
+                       num_stages: int | None = None):
     """fn(x) -> logits in one launch of `programs` programs (default: default_programs).
 
     fn returns the packed net's logits buffer itself (no allocation): the next call overwrites it."""
@@ -134,13 +162,16 @@ def make_persistent_fn(packed: PackedNet, programs: int | None = None, num_warps
     sync = torch.zeros(1, dtype=torch.int32, device=device)  # the barrier counter; see grid_barrier
     tail = (packed.head, packed.logits, sync, packed.batch, *slot_args)
     grid = (programs,)
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+    compiled = [None]  # the launched kernel, for its resources (see resources)
 
     def fn(x):
         check_input(x)
-        fastnet_kernel[grid](x, *tail, num_warps=num_warps, **const)
+        compiled[0] = fastnet_kernel[grid](x, *tail, **options, **const)
         return packed.logits
 
     fn.programs = programs
     fn.sync = sync
     fn.kernels_per_call = 1
+    fn.compiled = compiled
     return fn
