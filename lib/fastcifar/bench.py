@@ -238,7 +238,7 @@ def kernel_profile(fn: Callable, inputs: torch.Tensor, calls: int = 20) -> dict:
         torch.cuda.synchronize(inputs.device)
     # Copies and memsets count: they are GPU work the call launches like any kernel.
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy_us = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in kernels)
+    busy_us = sum(e.device_time if hasattr(e, "device_time") else e.cuda_time for e in kernels)
     return {"kernels_per_call": len(kernels) / calls, "gpu_busy_ms": busy_us / calls / 1000.0}
 
 

@@ -280,12 +280,19 @@ def accuracy(variant: Variant, images: torch.Tensor, labels: torch.Tensor) -> fl
     return 100.0 * (predictions(variant, images) == labels).float().mean().item()
 
 
-def evaluated(model: nn.Module, spec: Spec, val: tuple, test: tuple, allow_compile: bool = True) -> tuple[Variant, dict]:
+def evaluated(model: nn.Module, spec: Spec, val: tuple, test: tuple, allow_compile: bool = True,
+              known: dict | None = None) -> tuple[Variant, dict]:
     """Build a variant and evaluate it on validation and test (images, labels) pairs on the device.
 
+    `known` ({"accuracy", "val_accuracy"}) are accuracies this very build (same weights, same Spec)
+    already measured earlier in the same run: they are reused instead of measured again.
     Returns the variant and the columns of a results row that do not depend on timing."""
     variant = build(model, spec, test[0][:1], allow_compile=allow_compile)
-    row = {"precision": spec.precision, "accuracy": accuracy(variant, *test), "val_accuracy": accuracy(variant, *val),
+    if known is not None:
+        acc, val_acc = float(known["accuracy"]), float(known["val_accuracy"])
+    else:
+        acc, val_acc = accuracy(variant, *test), accuracy(variant, *val)
+    row = {"precision": spec.precision, "accuracy": acc, "val_accuracy": val_acc,
            "memory_format": "channels_last" if spec.channels_last else "contiguous",
            "compile_mode": spec.compile_mode or "", "cuda_graph": spec.cuda_graph, "fold_bn": spec.fold_bn,
            "compile_s": variant.compile_s if variant.compile_s is not None else float("nan"),
@@ -337,13 +344,16 @@ def remeasure(entries: list[dict], val: tuple, test: tuple, runs: int, warmup_it
               meta: dict, allow_compile: bool = True):
     """J5: build every entry ({id, variant, model_name, model, spec}) once, evaluate it once, then time
     all of them `runs` times, interleaved, so slow drifts of the machine hit every variant alike.
-    Returns (one row per entry and run, {id: host samples of the first run})."""
+    An entry that carries "accuracy" and "val_accuracy" (J4 measured that build in the same run) keeps
+    them instead of being evaluated again. Returns (one row per entry and run, {id: host samples of
+    the first run})."""
     import pandas as pd
 
     ready = []
     for e in entries:
+        known = e if "accuracy" in e and "val_accuracy" in e else None
         try:
-            variant, row = evaluated(e["model"], e["spec"], val, test, allow_compile)
+            variant, row = evaluated(e["model"], e["spec"], val, test, allow_compile, known=known)
         except Unavailable as exc:
             print(f"  {e['id']:<14} skipped: {exc}", flush=True)
             continue
