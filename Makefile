@@ -40,9 +40,9 @@ test: env data
 # Runs from the source tree (PYTHONPATH=lib) with whatever Python is given (needs torch and pytest):
 # the GPU host has no virtualenv. Fails when no CUDA device is visible or a GPU test fails.
 test-gpu:
-	PYTHONPATH=lib $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device visible; run it on a CUDA machine')"
+	PYTHONPATH=lib$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device visible; run it on a CUDA machine')"
 	mkdir -p $(GPU_REPORT_DIR)
-	PYTHONPATH=lib $(PY) -m pytest -m gpu tests -p no:cacheprovider --junitxml=$(GPU_REPORT_DIR)/report.xml --gpu-report=$(GPU_REPORT_DIR)/report.json
+	PYTHONPATH=lib$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m pytest -m gpu tests -p no:cacheprovider --junitxml=$(GPU_REPORT_DIR)/report.xml --gpu-report=$(GPU_REPORT_DIR)/report.json
 
 clean-smoke:
 	rm -rf outputs/smoke
