@@ -18,12 +18,12 @@ SEED_COLUMNS = {"id": "ID", "variant": "Variant", "accuracy": "Test acc. (%)", "
 
 def keep_fp16(fp32_acc: float, fp16_acc: float, max_drop: float = 0.5) -> bool:
     """J4-03: FP16 is kept only if test accuracy drops by less than `max_drop` points."""
-    return fp32_acc - fp16_acc < max_drop
+    return bool(fp32_acc - fp16_acc < max_drop)
 
 
 def keep_channels_last(base_p95: float, cl_p95: float, min_gain: float = 0.05) -> bool:
     """J4-13: channels_last is kept only if it cuts latency by more than `min_gain` (5%)."""
-    return (base_p95 - cl_p95) / base_p95 > min_gain
+    return bool((base_p95 - cl_p95) / base_p95 > min_gain)
 
 
 def select_final(df, bar: float, accuracy_column: str = "val_accuracy", latency_column: str = "lat_p95_ms"):

@@ -115,7 +115,7 @@ def teacher_val_from(results_csv: Path) -> float | None:
 
 
 def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: float | None = None,
-              data_dir=None, progress: bool = True):
+              data_dir=None, progress: bool = True, n_val: int = 5000):
     import pandas as pd
 
     from .data import load_cifar, make_splits
@@ -123,7 +123,7 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
     device = env.default_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    splits = make_splits(load_cifar("cifar10", data_dir or env.data_dir()), 5000, 42,
+    splits = make_splits(load_cifar("cifar10", data_dir or env.data_dir()), n_val, 42,
                          train_limit=profile.train_limit, eval_limit=profile.eval_limit)
     meta = {"profile": profile.name, "device_name": env.device_name(device), "torch": torch.__version__,
             "data_source": splits.source, "git_commit": env.git_commit()}
