@@ -58,7 +58,7 @@ def test_make_installs_with_the_constraints_and_every_extra():
     assert "CONSTRAINTS ?= constraints.txt" in makefile and "-c $(CONSTRAINTS)" in makefile
     assert "EXTRAS ?= all" in makefile and "'.[$(EXTRAS)]'" in makefile
     test_gpu = makefile[makefile.index("\ntest-gpu:"):]
-    assert "PYTHONPATH=lib $(PY) -m pytest -m gpu" in test_gpu and "report.json" in test_gpu and "report.xml" in test_gpu
+    assert "PYTHONPATH=lib$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m pytest -m gpu" in test_gpu and "report.json" in test_gpu and "report.xml" in test_gpu
     assert "env" not in test_gpu.splitlines()[1]  # the GPU host builds no environment
 
 
