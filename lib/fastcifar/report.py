@@ -51,6 +51,21 @@ def fastest(df, ids=None):
     return None if d.empty else d.loc[lat[d.index].idxmin()]
 
 
+def fastest_over(rows, threshold: float):
+    """(row, met): the measured row with the lowest p95 whose validation accuracy reaches `threshold`
+    (met=True); when none does, the most accurate measured row (met=False); (None, False) when
+    nothing was measured. The rule behind B1, F1 and F2: the test set plays no part."""
+    import pandas as pd
+
+    measured = rows[pd.to_numeric(rows["lat_p95_ms"], errors="coerce").notna()]
+    if measured.empty:
+        return None, False
+    try:
+        return select_final(measured, threshold), True
+    except ValueError:
+        return measured.loc[pd.to_numeric(measured.val_accuracy).idxmax()], False
+
+
 @dataclass
 class SeedDecisions:
     """J4 on B1: the seed's rows O1-O3 (ids of the measured variants they come from), the keep/drop
@@ -116,34 +131,22 @@ def allowed(rows, keep: dict):
 def family_choice(rows, threshold: float, name: str):
     """F1/F2: the fastest row whose validation accuracy reaches `threshold`. Returns (row, met, line);
     when none does, the most accurate row on validation, with met=False (reported, never hidden)."""
-    import pandas as pd
-
-    try:
-        row = select_final(rows, threshold)
-        return row, True, (f"{name} = {row['id']}: val {row.val_accuracy:.2f}% >= {threshold:.2f}%, "
-                           f"p95 {row.lat_p95_ms:.4f} ms")
-    except ValueError:
-        measured = rows[pd.to_numeric(rows["lat_p95_ms"], errors="coerce").notna()]
-        if measured.empty:
-            return None, False, f"{name}: nothing measured"
-        row = measured.loc[pd.to_numeric(measured.val_accuracy).idxmax()]
-        return row, False, (f"{name} MISSED: the best validation accuracy is {row.val_accuracy:.2f}% ({row['id']}), "
-                            f"under {threshold:.2f}%; kept as {name} and flagged")
+    row, met = fastest_over(rows, threshold)
+    if row is None:
+        return None, False, f"{name}: nothing measured"
+    if met:
+        return row, True, f"{name} = {row['id']}: val {row.val_accuracy:.2f}% >= {threshold:.2f}%, p95 {row.lat_p95_ms:.4f} ms"
+    return row, False, (f"{name} MISSED: the best validation accuracy is {row.val_accuracy:.2f}% ({row['id']}), "
+                        f"under {threshold:.2f}%; kept as {name} and flagged")
 
 
 def choose_light_model(light, candidates: list[str], bar: float):
     """J2's B1: among `candidates` (model names in `light`), the lowest p95 whose validation accuracy
     clears the bar; if none does, the most accurate (J4 then distils). Returns (row, reason)."""
-    import pandas as pd
-
-    pool = light[light.model.isin(candidates)]
-    try:
-        row = select_final(pool, bar)
-        return row, (f"validation accuracy {row.val_accuracy:.2f}% clears {bar}% with the lowest p95 "
-                     f"({row.lat_p95_ms:.4f} ms)")
-    except ValueError:
-        row = pool.loc[pd.to_numeric(pool.val_accuracy).idxmax()]
-        return row, f"no light model clears {bar}% on validation; kept the most accurate ({row.val_accuracy:.2f}%)"
+    row, met = fastest_over(light[light.model.isin(candidates)], bar)
+    if met:
+        return row, f"validation accuracy {row.val_accuracy:.2f}% clears {bar}% with the lowest p95 ({row.lat_p95_ms:.4f} ms)"
+    return row, f"no light model clears {bar}% on validation; kept the most accurate ({row.val_accuracy:.2f}%)"
 
 
 def fastnet_curves(histories: dict, path=None):

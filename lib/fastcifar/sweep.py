@@ -97,9 +97,7 @@ def select(df, bar: float, teacher_val: float | None) -> dict:
     for key, threshold in (("F1", bar), ("F2", teacher_val)):
         if threshold is None or not np.isfinite(threshold):
             continue
-        ok = df[df.val_accuracy >= threshold]
-        met = not ok.empty
-        row = ok.loc[ok.lat_p95_ms.idxmin()] if met else df.loc[df.val_accuracy.idxmax()]
+        row, met = report.fastest_over(df, threshold)
         choice[key] = {"point": row.point, "id": row.id, "mirror": bool(row.mirror), "threshold": float(threshold),
                        "met": met, "val_accuracy": float(row.val_accuracy), "lat_p95_ms": float(row.lat_p95_ms)}
     return choice
