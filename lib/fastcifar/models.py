@@ -137,16 +137,14 @@ class FastNet(nn.Module):
     def fold_batchnorm(self) -> "FastNet":
         """A copy for inference: every BN folded into the conv before it (valid across the max-pool since
         the folded scale is positive), the head scale folded into the head. Same outputs in eval mode."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval  # the same arithmetic as optimize's folding
+
         folded = copy.deepcopy(self).eval()
         for group in folded.groups:
             for i, (conv, norm) in enumerate(zip(group.convs, group.norms)):
-                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-                if (scale <= 0).any():
+                if (norm.weight / torch.sqrt(norm.running_var + norm.eps) <= 0).any():
                     raise ValueError("a BatchNorm scale is not positive: it cannot fold across the max-pool")
-                new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True).to(conv.weight)
-                new.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                new.bias.copy_(norm.bias - norm.running_mean * scale)
-                group.convs[i] = new
+                group.convs[i] = fuse_conv_bn_eval(conv, norm)
                 group.norms[i] = nn.Identity()
         folded.head.weight.mul_(folded.head_scale)
         folded.head_scale = 1.0
