@@ -51,6 +51,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import nbformat
@@ -73,6 +74,7 @@ BODY = textwrap.dedent('''\
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.csv").write_text(f"epochs,name\\n{epochs},{name}\\n")
     (out / "started").write_text("yes")
+    (pathlib.Path(os.environ["FASTCIFAR_DATA"]) / "kernel.pid").write_text(str(os.getpid()))
 ''')
 FAILS = 'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
 
@@ -180,7 +182,8 @@ def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, si
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, err
-    assert said in err.strip().splitlines()[-1]
+    assert f": {said};" in err.strip().splitlines()[-1]  # the last word is the pipeline's, not the kernel's
+    assert not alive(int((tiny_project["data"] / "kernel.pid").read_text()))  # ended before results were put back
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert (out / "results.csv").read_text() == "from the last good run\n"
     assert not (out / "started").exists()  # created by the interrupted notebook: removed with its results
@@ -332,3 +335,34 @@ def test_temporaries_the_kernel_left_are_removed_after_a_failure(tiny_project):
     with pytest.raises(pipeline.NotebookFailed, match="J4 failed"):
         pipeline.run("smoke", ["J4"], ["fail=True"], progress=False)
     assert not list(out.rglob(".*.tmp*")) and (out / "notebooks" / "J4_tiny.failed.ipynb").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_end_kernels_kills_a_live_kernel_with_the_processes_it_started():
+    # a stand-in kernel in its own session that started a worker of its own, as a data loader would
+    kernel = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                               "print(w.pid, flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    worker = int(kernel.stdout.readline())
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    managers = [types.SimpleNamespace(provisioner=types.SimpleNamespace(process=kernel, pgid=os.getpgid(kernel.pid))),
+                types.SimpleNamespace(provisioner=types.SimpleNamespace(process=finished, pgid=None)),
+                types.SimpleNamespace()]  # one that never started a kernel
+    pipeline._kernels_started[:] = managers
+    pipeline.end_kernels()
+    assert kernel.poll() == -signal.SIGKILL and not pipeline._kernels_started
+    deadline = time.monotonic() + 10
+    while alive(worker):
+        assert time.monotonic() < deadline, "the kernel's worker outlived it"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a killed orphan may wait as a zombie for a parent that never reaps it
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")

@@ -25,6 +25,8 @@ import datetime as _dt
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,41 @@ FAILED_SUFFIX = ".failed.ipynb"
 
 class NotebookFailed(RuntimeError):
     """A notebook raised while it ran; the message names it, the cell and the kept executed copy."""
+
+
+_kernels_started: list = []
+
+
+def _kernel_manager_class():
+    """A kernel manager that remembers its kernels, so a stopped run can end them itself.
+
+    papermill's own cleanup of a kernel after Ctrl-C or SIGTERM may run only at interpreter exit, after
+    the results were put back: the kernel could go on writing in between."""
+    from jupyter_client import AsyncKernelManager
+
+    class RememberedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            _kernels_started.append(self)
+
+    return RememberedKernelManager
+
+
+def end_kernels(grace_s: float = 10.0) -> None:
+    """Kill every kernel this run started that still runs, with its process group, and wait for it."""
+    while _kernels_started:
+        provisioner = getattr(_kernels_started.pop(), "provisioner", None)
+        process = getattr(provisioner, "process", None)
+        if process is None or process.poll() is not None:
+            continue
+        try:  # kernels start in their own session: the group holds their data loaders and compile workers
+            os.killpg(getattr(provisioner, "pgid", None) or process.pid, signal.SIGKILL)
+        except (AttributeError, OSError):  # no process groups here, or the group is gone
+            process.kill()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def notebook_paths(root: Path | None = None, which: list[str] | None = None) -> dict[str, Path]:
@@ -177,16 +214,17 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
                 try:
                     pm.execute_notebook(str(source), str(tmp), parameters={**values[nb], "profile": prof.name},
                                         cwd=str(root), kernel_name="python3", progress_bar=progress,
-                                        log_output=False)
+                                        log_output=False, kernel_manager_class=_kernel_manager_class())
                 except pm.PapermillExecutionError as exc:
                     atomic.move_into_place(tmp, failed)  # papermill wrote the executed copy, traceback included
                     raise NotebookFailed(_failure_message(nb, failed, exc)) from exc
         except BaseException:
-            # The kernel is shut down by now: what it was writing atomically is dead temporaries.
+            end_kernels()  # nothing writes any more: what the kernel left half-written is dead temporaries
             restore_snapshot(out_base)
             for stale in atomic.stale_temporaries(out_base):
                 stale.unlink(missing_ok=True)
             raise
+        _kernels_started.clear()  # papermill shut it down
         discard_snapshot(out_base)
         failed.unlink(missing_ok=True)  # an older failure of this notebook is superseded
         timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1)})
@@ -224,7 +262,7 @@ def main(argv=None) -> int:
         print(f"{ap.prog}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"{ap.prog}: {exc or 'interrupted'}; temporary files removed, results put back as before "
+        print(f"{ap.prog}: {str(exc) or 'interrupted'}; temporary files removed, results put back as before "
               "the interrupted notebook", file=sys.stderr)
         return 143 if isinstance(exc, atomic.Terminated) else 130
     return 0
