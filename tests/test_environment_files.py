@@ -33,7 +33,8 @@ def test_console_script_extras_and_gpu_marker():
     assert {"papermill", "jupyter", "nbclient"} <= {name(r) for r in extras["notebooks"]}
     assert {"onnx", "onnxscript", "onnxruntime"} == {name(r) for r in extras["export"]}
     assert {"pytest", "nbval"} <= {name(r) for r in extras["test"]}
-    assert extras["all"] == ["fastcifar[notebooks,export,test]"]
+    assert extras["all"] == ["fastcifar[notebooks,export,test,tensorboard]"]  # make test covers the toolkit's logs
+    assert {"tensorboard"} == {name(r) for r in extras["tensorboard"]}
     assert any(m.startswith("gpu:") for m in data["tool"]["pytest"]["ini_options"]["markers"])
 
 
