@@ -180,7 +180,6 @@ def test_a_non_editable_install_loads_models_and_data_outside_the_project(tmp_pa
     import shutil
     import subprocess
     import sys
-    import time
 
     src = tmp_path / "src"
     src.mkdir()
@@ -188,10 +187,8 @@ def test_a_non_editable_install_loads_models_and_data_outside_the_project(tmp_pa
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "lib", src / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     site = tmp_path / "site"
-    t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
-    assert time.perf_counter() - t0 < 30
     work = tmp_path / "elsewhere"
     from conftest import make_cifar
 
