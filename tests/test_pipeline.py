@@ -75,6 +75,9 @@ BODY = textwrap.dedent('''\
     (out / "results.csv").write_text(f"epochs,name\\n{epochs},{name}\\n")
     (out / "started").write_text("yes")
     (pathlib.Path(os.environ["FASTCIFAR_DATA"]) / "kernel.pid").write_text(str(os.getpid()))
+    readme = pathlib.Path(os.environ["FASTCIFAR_ROOT"]) / "README.md"
+    if readme.exists():  # as J5 rewrites README's final-table block
+        readme.write_text(readme.read_text() + f"table of a run with {epochs} epochs\\n")
 ''')
 FAILS = 'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
 
@@ -140,7 +143,10 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     out = tiny_project["out"]
     out.mkdir(parents=True)
     (out / "results.csv").write_text("from the last good run\n")
-    code = pipeline.main(["--profile", "smoke", "--only", "J1", "J2", "-p", "J2.fail=True", "--no-progress"])
+    readme = tiny_project["root"] / "README.md"
+    readme.write_text("# tiny\n")
+    code = pipeline.main(["--profile", "smoke", "--only", "J1", "J2", "-p", "J2.fail=True", "-p", "J2.epochs=7",
+                          "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -152,7 +158,7 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     # J1 succeeded and its results stay; J2's half-written results were put back to J1's
     assert (out / "notebooks" / "J1_tiny.ipynb").is_file()
     assert (out / "results.csv").read_text() == "epochs,name\n2,x\n"
-    assert not (out / "started").exists() or True
+    assert readme.read_text() == "# tiny\ntable of a run with 2 epochs\n"  # J1's table, not the failed J2's
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert not (out / "pipeline_J1_J2.json").exists()
     # a later success supersedes the failed copy
@@ -193,15 +199,29 @@ def test_next_start_undoes_a_run_killed_outright(tiny_project):
     out = tiny_project["out"]
     out.mkdir(parents=True)
     (out / "results.csv").write_text("good\n")
-    pipeline.take_snapshot(out)
+    readme = tiny_project["root"] / "README.md"
+    readme.write_text("table of the last good run\n")
+    pipeline.take_snapshot(out, also=[readme, tiny_project["root"] / "absent.md"])
     (out / "results.csv").write_text("half of a killed run\n")
     (out / "new.csv").write_text("also\n")
+    readme.write_text("half a table\n")
     tmp = out / "notebooks" / ".J3_tiny.ipynb.x1y2z3w4.tmp.ipynb"
     tmp.parent.mkdir()
     tmp.write_text("{}")
     done = pipeline.clean_stale(out, tiny_project["data"])
     assert len(done) == 2
     assert (out / "results.csv").read_text() == "good\n" and not (out / "new.csv").exists() and not tmp.exists()
+    assert readme.read_text() == "table of the last good run\n" and not (tiny_project["root"] / "absent.md").exists()
+
+
+def test_a_snapshot_left_by_an_older_version_is_still_put_back(tiny_project):
+    out = tiny_project["out"]
+    snap = out / pipeline.SNAPSHOT_DIR
+    snap.mkdir(parents=True)
+    (snap / "00000").write_text("good\n")
+    (snap / "manifest.json").write_text('["results.csv"]')  # a plain list of results files
+    (out / "results.csv").write_text("half\n")
+    assert pipeline.restore_snapshot(out) and (out / "results.csv").read_text() == "good\n"
 
 
 @pytest.mark.parametrize("argv,expected", [

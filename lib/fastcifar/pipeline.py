@@ -12,9 +12,9 @@ only (and wins over a global value there). Values are checked against each noteb
 
 Failures and interruptions: a notebook that fails is kept as `<name>.failed.ipynb` beside the executed
 copies (the traceback is in it) and the pipeline exits non-zero naming the notebook and the cell. The
-results files of the output folder (its top-level files and figures/) are snapshotted before each
-notebook and put back when the notebook fails or the run is stopped (Ctrl-C, SIGTERM), so they always
-match the executed notebooks that are kept. A run killed outright (SIGKILL) leaves the snapshot and
+results files of the output folder (its top-level files and figures/) and README.md (J5 rewrites its
+final-table block) are snapshotted before each notebook and put back when the notebook fails or the
+run is stopped (Ctrl-C, SIGTERM), so they always match the executed notebooks that are kept. A run killed outright (SIGKILL) leaves the snapshot and
 temporary files; the next start puts the snapshot back and removes the temporaries, and the data
 folder's half-built `.rebuild-*` folders.
 """
@@ -120,33 +120,38 @@ def results_files(out_dir: Path) -> list[Path]:
     return sorted(files)
 
 
-def take_snapshot(out_dir: Path) -> Path:
-    """Copy the results files into out_dir/.pipeline-snapshot; the manifest, written last, makes it valid."""
+def take_snapshot(out_dir: Path, also: list[Path] = ()) -> Path:
+    """Copy the results files, and the files named in `also` (outside out_dir, such as README, whose
+    final-table block J5 rewrites), into out_dir/.pipeline-snapshot; the manifest, written last, makes it valid."""
     snap = out_dir / SNAPSHOT_DIR
     shutil.rmtree(snap, ignore_errors=True)
     snap.mkdir(parents=True)
-    kept = []
-    for i, path in enumerate(results_files(out_dir)):
+    results = [str(path.relative_to(out_dir)) for path in results_files(out_dir)]
+    outside = [str(Path(path).resolve()) for path in also if Path(path).is_file()]
+    for i, path in enumerate([*(out_dir / rel for rel in results), *map(Path, outside)]):
         shutil.copy2(path, snap / f"{i:05d}")
-        kept.append(str(path.relative_to(out_dir)))
-    atomic.write_text(snap / "manifest.json", json.dumps(kept))
+    atomic.write_text(snap / "manifest.json", json.dumps({"results": results, "outside": outside}))
     return snap
 
 
 def restore_snapshot(out_dir: Path) -> bool:
-    """Put the results files back as they were at the snapshot (files created since are removed).
-    False when there is no valid snapshot (it is then only removed)."""
+    """Put the results files back as they were at the snapshot (files created since are removed), and
+    the files outside out_dir that it holds. False when there is no valid snapshot (it is then only removed)."""
     snap = out_dir / SNAPSHOT_DIR
     manifest = snap / "manifest.json"
     if not manifest.is_file():
         shutil.rmtree(snap, ignore_errors=True)
         return False
     kept = json.loads(manifest.read_text())
+    results, outside = (kept, []) if isinstance(kept, list) else (kept["results"], kept["outside"])
     for path in results_files(out_dir):
-        if str(path.relative_to(out_dir)) not in kept:
+        if str(path.relative_to(out_dir)) not in results:
             path.unlink()
-    for i, rel in enumerate(kept):
+    for i, rel in enumerate(results):
         os.replace(snap / f"{i:05d}", out_dir / rel)
+    for i, dest in enumerate(map(Path, outside), start=len(results)):
+        with atomic.atomic_path(dest) as tmp:  # may sit on another file system than the snapshot
+            shutil.copy2(snap / f"{i:05d}", tmp)
     shutil.rmtree(snap)
     return True
 
@@ -208,7 +213,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
         failed = out_dir / (source.stem + FAILED_SUFFIX)
         print(f"[pipeline] {nb}: {os.path.relpath(source)} -> {os.path.relpath(target)}", flush=True)
         t0 = time.perf_counter()
-        take_snapshot(out_base)
+        take_snapshot(out_base, also=[root / "README.md"])
         try:
             with atomic.atomic_path(target) as tmp:
                 try:
