@@ -231,6 +231,7 @@ def test_a_snapshot_left_by_an_older_version_is_still_put_back(tiny_project):
     (["-p", "nothing=1"], "no selected notebook"),
     (["-p", "J2.rate=0.1"], "J2 has no parameter 'rate'"),
     (["--only", "J1", "-p", "J3.epochs=1"], "J3 is not among the selected notebooks"),
+    (["-p", "J9.epochs=1"], "there is no notebook J9; expected one of J1, J2, J3, J4, J5"),
     (["-p", "epochs"], "name=value"),
     (["--only", "J9"], "invalid choice"),
     (["--profile", "fast"], "invalid choice"),

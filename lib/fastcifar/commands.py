@@ -1,6 +1,6 @@
 """What the four config-driven commands share, and the `train` command itself.
 
-    python -m fastcifar.train       --config FILE [overrides]
+    python -m fastcifar.train       --config FILE [overrides]      (or --resume RUN_FOLDER [overrides])
     python -m fastcifar.lr_finder   --config FILE [overrides]
     python -m fastcifar.grid_search --config FILE [overrides]
     python -m fastcifar.evaluate    --config FILE --checkpoint PATH [overrides]
@@ -23,7 +23,7 @@ import torch
 
 from . import atomic, config as configs, data, env, models, rundir, train
 
-USER_ERRORS = (configs.ConfigError, data.DataError, train.CheckpointError)
+USER_ERRORS = (configs.ConfigError, data.DataError, train.CheckpointError, train.TrainingDiverged)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,54 +32,94 @@ class _Parser(argparse.ArgumentParser):
         raise configs.ConfigError(f"{message}; usage: {usage} [overrides]")
 
 
-def _parser(command: str, description: str, needs_checkpoint: bool) -> argparse.ArgumentParser:
+def _parser(command: str, description: str, needs_checkpoint: bool, resumable: bool) -> argparse.ArgumentParser:
     keys = "\n".join(f"  {k.name:<22} {k.help}" for k in configs.KEYS)
     ap = _Parser(
         prog=f"python -m fastcifar.{command}", allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
         epilog=f"overrides: --KEY VALUE, --KEY=VALUE or KEY=VALUE (values read as YAML). Keys:\n{keys}")
-    ap.add_argument("--config", required=True, metavar="FILE", help="YAML config, e.g. configs/cifar100.yaml")
+    ap.add_argument("--config", required=not resumable, metavar="FILE",
+                    help="YAML config, e.g. configs/cifar100.yaml" +
+                         (" (with --resume: that run's config.yaml unless given)" if resumable else ""))
     if needs_checkpoint:
         ap.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint written by train")
+    if resumable:
+        ap.add_argument("--resume", metavar="RUN_FOLDER",
+                        help="go on with a stopped run in its own folder, from its model_last.pth (saved every "
+                             "checkpoint_every epochs); max_epochs may grow, the other settings must match")
     return ap
 
 
-def run_command(command: str, description: str, body, argv: list[str] | None = None,
-                needs_checkpoint: bool = False) -> int:
-    """Parse, validate, make the run folder, then `body(config, run, device, checkpoint)`.
+def _reopen(folder: str, command: str, config_arg: str | None, rest: list[str]) -> tuple[dict, rundir.RunDir]:
+    """The config and run folder of a run to resume; ConfigError when the folder cannot be resumed."""
+    path = Path(folder)
+    last = path / "model_last.pth"
+    if not (path / "run.json").is_file() or not last.is_file():
+        raise configs.ConfigError(f"--resume: {path} holds no run.json and model_last.pth; expected the folder of a "
+                                  f"{command} run that saved at least one checkpoint (every checkpoint_every epochs)")
+    config = configs.load(config_arg or path / "config.yaml", configs.parse_overrides(rest))
+    return config, rundir.reopen(path, command, config, rest)
 
-    Returns the exit status: 0, or 2 for a user's mistake (one message, no traceback)."""
+
+def run_command(command: str, description: str, body, argv: list[str] | None = None,
+                needs_checkpoint: bool = False, resumable: bool = False) -> int:
+    """Parse, validate, make the run folder (or reopen it with --resume), then
+    `body(config, run, device, checkpoint)`.
+
+    Returns the exit status: 0; 2 for a user's mistake (one message, no traceback; a run folder that
+    holds nothing yet is removed); 130 or 143 when stopped by Ctrl-C or SIGTERM (run.json says
+    `interrupted`; every file in the folder is whole, since they are all written atomically)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     run = None
     try:
-        try:
-            args, rest = _parser(command, description, needs_checkpoint).parse_known_args(argv)
-        except SystemExit as exc:  # --help
-            return int(exc.code or 0)
-        config = configs.load(args.config, configs.parse_overrides(rest))
-        checkpoint = None
-        if needs_checkpoint:
-            checkpoint = Path(args.checkpoint)
-            if not checkpoint.is_file():
-                raise configs.ConfigError(f"--checkpoint: no file {checkpoint}; expected a checkpoint written by "
-                                          "the train command (<run folder>/model_best.pth)")
-        device = torch.device(env.default_device() if config["device"] == "auto" else config["device"])
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-        extra = f" --checkpoint {checkpoint}" if checkpoint else ""
-        run = rundir.create(command, config, argv, extra)
-        run.update(device=env.device_name(device), checkpoint=str(checkpoint) if checkpoint else None)
-        print(f"{command}: run folder {run.path}", flush=True)
-        t0 = time.perf_counter()
-        body(config, run, device, checkpoint)
-        run.finish(seconds=round(time.perf_counter() - t0, 1))
-        print(f"{command}: done in {time.perf_counter() - t0:.1f} s; outputs in {run.path}", flush=True)
-        return 0
+        with atomic.signals_raise():
+            try:
+                args, rest = _parser(command, description, needs_checkpoint, resumable).parse_known_args(argv)
+            except SystemExit as exc:  # --help
+                return int(exc.code or 0)
+            if getattr(args, "resume", None):
+                config, run = _reopen(args.resume, command, args.config, rest)
+            elif args.config is None:
+                raise configs.ConfigError("the following arguments are required: --config (or --resume RUN_FOLDER); "
+                                          f"usage: python -m fastcifar.{command} --config FILE [overrides]")
+            else:
+                config = configs.load(args.config, configs.parse_overrides(rest))
+            checkpoint = None
+            if needs_checkpoint:
+                checkpoint = Path(args.checkpoint)
+                if not checkpoint.is_file():
+                    raise configs.ConfigError(f"--checkpoint: no file {checkpoint}; expected a checkpoint written "
+                                              "by the train command (<run folder>/model_best.pth)")
+            device = torch.device(env.default_device() if config["device"] == "auto" else config["device"])
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+            extra = f" --checkpoint {checkpoint}" if checkpoint else ""
+            if run is None:
+                run = rundir.create(command, config, argv, extra)
+            run.update(device=env.device_name(device), checkpoint=str(checkpoint) if checkpoint else None)
+            print(f"{command}: {'resuming in' if run.resuming else 'run folder'} {run.path}", flush=True)
+            t0 = time.perf_counter()
+            body(config, run, device, checkpoint)
+            run.finish(seconds=round(time.perf_counter() - t0, 1))
+            print(f"{command}: done in {time.perf_counter() - t0:.1f} s; outputs in {run.path}", flush=True)
+            return 0
     except USER_ERRORS as exc:
-        if run is not None:
+        if run is not None and not run.resuming and run.holds_nothing_yet():
+            run.remove()  # the mistake was found before any output: leave nothing behind
+        elif run is not None:
             run.update(status="failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt as exc:
+        said = str(exc) or "interrupted"
+        if run is None:
+            print(f"{command}: {said}; nothing was written", file=sys.stderr, flush=True)
+        else:
+            run.update(status="interrupted", error=said)
+            resume = (f"; go on with: python -m fastcifar.{command} --resume {shlex.quote(str(run.path))}"
+                      if resumable and run.file("model_last.pth").is_file() else "")
+            print(f"{command}: {said}; what was finished is in {run.path}{resume}", file=sys.stderr, flush=True)
+        return 143 if isinstance(exc, atomic.Terminated) else 130
     except BaseException as exc:
         if run is not None:
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -147,7 +187,7 @@ def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoin
     model = build_model(config)
     print(f"model: {describe_model(config, model)}", flush=True)
     run.update(parameters=models.count_params(model), arch=models.arch_of(model))
-    if config["sanity_checks"]:
+    if config["sanity_checks"] and not run.resuming:
         t0 = time.perf_counter()
         checks = sanity.run_checks(model, splits, device, config["seed"], config["overfit_images"],
                                    config["overfit_steps"], config["overfit_lr"], config["weight_decay"],
@@ -157,7 +197,7 @@ def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoin
             print(f"sanity: {line}", flush=True)
         print(f"sanity: {time.perf_counter() - t0:.1f} s; sanity.json, overfit.png", flush=True)
     cfg = configs.train_config(config)
-    result = train.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=False,
+    result = train.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=run.resuming,
                        progress=config["progress"],
                        tensorboard_dir=run.file("tensorboard") if config["tensorboard"] else None)
     fig = report.training_curves({config["model"]: result.history}, run.file("curves.png"))
@@ -178,4 +218,4 @@ def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoin
 def train_main(argv: list[str] | None = None) -> int:
     return run_command("train", "Sanity checks, then full training with the config's settings (the same "
                        "train.fit the notebooks use); checkpoints, CSV and TensorBoard logs, curves.",
-                       train_body, argv)
+                       train_body, argv, resumable=True)

@@ -70,7 +70,8 @@ KEYS = [
     Key("seed", "int", 42, "seed of the split, the initialisation and the augmentation", minimum=0),
     # where and how
     Key("device", "choice", "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
-    Key("output_dir", "str", "outputs/toolkit", "runs go to <output_dir>/<dataset>/<command>-<UTC time>/"),
+    Key("output_dir", "str", None, "runs go to <output_dir>/<dataset>/<command>-<UTC time>/ (null: "
+        "$FASTCIFAR_OUTPUTS/toolkit or <project>/outputs/toolkit)", optional=True),
     Key("tensorboard", "bool", True, "TensorBoard logs beside the CSV log (when installed)"),
     Key("progress", "bool", True, "progress bars"),
     # sanity checks (train, before fitting)
@@ -190,11 +191,31 @@ def _expected(key: Key) -> str:
             "floats": "a list of numbers", "int3s": "a list of three-integer lists"}[key.kind]
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently, so `lr: 0.1` further down a file would quietly win)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def _read_yaml(text: str, where: str):
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -213,7 +234,8 @@ def read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"--config: cannot read {path} ({exc}); expected a YAML text file") from None
     raw = _read_yaml(text, str(path))
     if raw is None:
-        return {}
+        raise ConfigError(f"{path}: the file is empty (or only comments); expected `key: value` lines, e.g. a "
+                          "copy of configs/cifar10.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: holds a {type(raw).__name__}, expected a mapping of `key: value` lines")
     return raw
@@ -253,18 +275,25 @@ def resolve(raw: dict, overrides: dict | None = None, source: str = "config", ch
             given[name] = (value, where)  # an override replaces the file's value before it is checked
     for name, (value, where) in given.items():
         resolved[name] = check_value(name, value, where)
+
+    def where(*names: str) -> str:  # blame the layer that gave the value: the command line wins over the file
+        layers = {given[n][1] for n in names if n in given}
+        return "command line" if "command line" in layers else source
+
+    if resolved["output_dir"] is None:
+        resolved["output_dir"] = str(env.outputs_dir() / "toolkit")
     if resolved["lr_finder_min"] >= resolved["lr_finder_max"]:
-        raise ConfigError(f"{source}: lr_finder_min ({resolved['lr_finder_min']:g}) must be below lr_finder_max "
+        raise ConfigError(f"{where('lr_finder_min', 'lr_finder_max')}: lr_finder_min ({resolved['lr_finder_min']:g}) must be below lr_finder_max "
                           f"({resolved['lr_finder_max']:g})")
     if resolved["device"] == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"{source}: device is cuda but no CUDA GPU is visible; expected auto or cpu here")
+            raise ConfigError(f"{where('device')}: device is cuda but no CUDA GPU is visible; expected auto or cpu here")
     if check_data:
         folder = data_folder(resolved)
         if not folder.is_dir():
-            raise ConfigError(f"{source}: data_dir: no folder {folder} for dataset {resolved['dataset']}; expected "
+            raise ConfigError(f"{where('data_dir', 'dataset')}: data_dir: no folder {folder} for dataset {resolved['dataset']}; expected "
                               f"data_dir (or ${env.DATA_ENV}) to name the folder holding {folder.name}/")
     return resolved
 

@@ -79,6 +79,22 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], path, title: str
     plt.close(fig)
 
 
+def split_differences(ckpt: dict, config: dict, train_images: int) -> list[str]:
+    """Why this validation split may not be the one the checkpoint was chosen on (then it may hold images
+    the model was trained on): a different seed or training-set size. Empty when nothing says so."""
+    trained_on = ckpt.get("config") or {}
+    lines = []
+    if "seed" in trained_on and trained_on["seed"] != config["seed"]:
+        lines.append(f"the checkpoint's split used seed {trained_on['seed']}, this one seed {config['seed']}")
+    if ckpt.get("train_images") not in (None, train_images):
+        lines.append(f"the checkpoint was trained on {ckpt['train_images']} images, this split's training set "
+                     f"has {train_images} (val_size or train_limit differ)")
+    if lines:
+        lines.append("this validation split may hold images the model was trained on; use the checkpoint's "
+                     "seed and val_size, or eval_split=test")
+    return lines
+
+
 def body(config: dict, run, device, checkpoint=None) -> None:
     import pandas as pd
 
@@ -97,6 +113,9 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     if ckpt.get("data_source") and ckpt["data_source"] != splits.source:
         print(f"warning: the checkpoint was trained on {ckpt['data_source']}, evaluated on {splits.source}",
               flush=True)
+    if config["eval_split"] == "val":
+        for line in split_differences(ckpt, config, len(splits.train)):
+            print(f"warning: {line}", flush=True)
     split = getattr(splits, config["eval_split"])
     logits = predict(model, split.images, splits.mean, splits.std, device, config["eval_batch_size"],
                      config["progress"])

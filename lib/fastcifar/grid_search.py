@@ -20,6 +20,16 @@ from tqdm import tqdm
 from . import atomic, commands, config as configs, models, report, train
 
 
+def check_grid(config: dict) -> None:
+    """Only resnet_custom takes blocks and widths: for another model, points differing in them alone
+    would train the same network several times."""
+    varied = [k for k in ("grid_blocks", "grid_widths") if len(config[k]) > 1]
+    if config["model"] != "resnet_custom" and varied:
+        raise configs.ConfigError(
+            f"{' and '.join(varied)} vary resnet_custom only, and model is {config['model']}; expected one entry "
+            f"each (e.g. grid_blocks=[[3,3,3]] grid_widths=[[64,128,256]]) or model=resnet_custom")
+
+
 def grid_points(config: dict) -> list[dict]:
     """Every combination, in a fixed order (lr varies slowest)."""
     return [{"lr": lr, "weight_decay": wd, "blocks": list(blocks), "widths": list(widths)}
@@ -69,6 +79,7 @@ def grid_figure(results, histories: dict, path, title: str):
 def body(config: dict, run, device, checkpoint=None) -> None:
     import pandas as pd
 
+    check_grid(config)
     splits = commands.load_splits(config, run)
     points = grid_points(config)
     print(f"grid_search: {len(points)} points x {config['grid_epochs']} epochs", flush=True)

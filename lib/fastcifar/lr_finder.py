@@ -140,10 +140,10 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     model = commands.build_model(config)
     print(f"model: {commands.describe_model(config, model)}", flush=True)
     cfg = configs.train_config(config)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    channels_last = train.uses_channels_last(cfg, device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = GpuLoader(splits.train, cfg.batch_size, device, splits.mean, splits.std, train=True, cutout=cfg.cutout,
-                       seed=cfg.seed, channels_last=cfg.channels_last)
+                       seed=cfg.seed, channels_last=channels_last)
     sweep = lr_sweep(model, loader, cfg, device, config["lr_finder_min"], config["lr_finder_max"],
                      config["lr_finder_steps"], config["lr_finder_smoothing"], config["lr_finder_divergence"],
                      config["progress"])

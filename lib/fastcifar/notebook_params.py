@@ -140,18 +140,23 @@ def convert(param: Parameter, raw: str, where: str):
     return float(value) if kind == "float" else list(value) if kind == "list" else value
 
 
-def resolve(pairs: list[str], declared: dict[str, dict[str, Parameter]]) -> dict[str, dict]:
+def resolve(pairs: list[str], declared: dict[str, dict[str, Parameter]],
+            notebooks: list[str] | None = None) -> dict[str, dict]:
     """Values for each selected notebook ({notebook: {name: value}}) from `-p` texts.
 
     `declared` maps every selected notebook to its parameters. A global `name=value` goes to each selected
     notebook that declares `name` (an error if none does); `NB.name=value` only to NB and overrides a
-    global value there. Raises ParameterError for the first mistake."""
+    global value there. `notebooks` names every notebook of the series (for the message when NB is none
+    of them). Raises ParameterError for the first mistake."""
     per_notebook: dict[str, dict] = {nb: {} for nb in declared}
     scoped_first = sorted(split_assignments(pairs), key=lambda item: item[0] is not None)  # scoped ones win
     for scope, name, raw in scoped_first:
         if name in RESERVED:
             raise ParameterError(RESERVED[name])
         if scope is not None:
+            if notebooks is not None and scope not in notebooks:
+                raise ParameterError(f"-p {scope}.{name}: there is no notebook {scope}; expected one of "
+                                     f"{', '.join(notebooks)}")
             if scope not in declared:
                 raise ParameterError(f"-p {scope}.{name}: {scope} is not among the selected notebooks "
                                      f"{sorted(declared)}; select it with --only or drop the value")

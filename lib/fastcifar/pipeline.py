@@ -106,7 +106,7 @@ def _as_pairs(params) -> list[str]:
 
 def check_params(params, paths: dict[str, Path]) -> dict[str, dict]:
     """Values for each notebook of `paths`, checked against its parameters cell (ParameterError)."""
-    return resolve(_as_pairs(params), {nb: notebook_parameters(path) for nb, path in paths.items()})
+    return resolve(_as_pairs(params), {nb: notebook_parameters(path) for nb, path in paths.items()}, NOTEBOOKS)
 
 
 # ---------------------------------------------------------------- results snapshot

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,17 @@ class RunDir:
     command: str
     config: dict
     manifest: dict = field(default_factory=dict)
+    resuming: bool = False  # reopened by --resume: its outputs so far are kept whatever happens
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def holds_nothing_yet(self) -> bool:
+        """Only what `create` wrote: config.yaml and run.json."""
+        return {p.name for p in self.path.iterdir()} <= {"config.yaml", "run.json"}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def update(self, **entries) -> None:
         """Add entries to run.json and rewrite it (atomically, so a killed run leaves a whole file)."""
@@ -72,4 +81,27 @@ def create(command: str, config: dict, argv: list[str] | None = None, extra_args
                argv=[sys.executable, "-m", f"fastcifar.{command}", *(argv or [])],
                argv_text=shlex.join(argv or []), config=config, seed=config["seed"], git_commit=commit,
                versions=env.versions())
+    return run
+
+
+def reopen(path: str | Path, command: str, config: dict, argv: list[str] | None = None) -> RunDir:
+    """The folder of an earlier run of `command`, to go on with it (train --resume): run.json keeps its
+    history and lists each resumption; config.yaml is rewritten when overrides changed the config."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise configs.ConfigError(f"--resume: cannot read {path / 'run.json'} ({exc}); expected the folder of a "
+                                  f"{command} run") from None
+    if manifest.get("command") != command:
+        raise configs.ConfigError(f"--resume: {path} is a {manifest.get('command')!r} run; expected a {command} run")
+    run = RunDir(path, command, config, manifest, resuming=True)
+    if config != manifest.get("config"):
+        header = (f"Resolved config of `{command}`, resumed {_now()}, commit {env.git_commit()}.\n"
+                  f"Repeat: {manifest.get('repeat', '')}\n"
+                  "Every key is listed; the comments say what each one does (configs/*.yaml explain more).")
+        atomic.write_text(path / "config.yaml", configs.to_yaml(config, header))
+    resumed = [*manifest.get("resumed", []), {"at": _now(), "argv_text": shlex.join(argv or []),
+                                              "git_commit": env.git_commit()}]
+    run.update(status="running", resumed=resumed, config=config, error=None)
     return run

@@ -51,7 +51,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     cutout: int = 0  # side of the square hole in pixels; 0 = off
     bf16: bool = True  # autocast on CUDA only
-    channels_last: bool = True
+    channels_last: bool = True  # CUDA only (see uses_channels_last)
     seed: int = 42
     checkpoint_every: int = 5  # epochs between `_last` checkpoints (and always the final epoch)
     distill_T: float = 4.0  # used only when a teacher is given
@@ -94,6 +94,16 @@ class TrainResult:
 
 # ---------------------------------------------------------------- checkpoints
 
+def uses_channels_last(cfg: "TrainConfig", device) -> bool:
+    """channels_last is a GPU layout choice: on the CPU it buys nothing, and some torch builds abort in
+    backward() on odd batch sizes with it (seen with torch 2.14), so training there keeps NCHW."""
+    return cfg.channels_last and torch.device(device).type == "cuda"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch and what to change."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or for another model."""
 
@@ -114,8 +124,9 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: {exc}); "
-                              "delete it and train again") from exc
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); expected a checkpoint this "
+                              "project wrote, such as a run folder's model_best.pth") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if model_name is not None and ckpt["model_name"] != model_name:
@@ -234,14 +245,15 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
     log_path, sheet_path = ckpt_dir / f"{name}_log.csv", ckpt_dir / f"{name}_hparams.json"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    channels_last = uses_channels_last(cfg, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     if teacher is not None:
         teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
 
     loader = GpuLoader(splits.train, cfg.batch_size, device, splits.mean, splits.std, train=True,
-                       cutout=cfg.cutout, seed=cfg.seed, channels_last=cfg.channels_last)
-    val_x = to_tensor(splits.val.images, device, splits.mean, splits.std, cfg.channels_last)
+                       cutout=cfg.cutout, seed=cfg.seed, channels_last=channels_last)
+    val_x = to_tensor(splits.val.images, device, splits.mean, splits.std, channels_last)
     val_y = torch.as_tensor(splits.val.labels, device=device)
     optimizer = make_optimizer(model.parameters(), cfg)
     steps_per_epoch = len(loader)
@@ -256,8 +268,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
         differ = resume_mismatch(ckpt, config, splits.source, len(splits.train))
         if differ:
             changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
-            raise CheckpointError(f"cannot resume from {last_path}: {changes}; delete it or call "
-                                  "fit(..., resume=False)")
+            raise CheckpointError(f"cannot resume from {last_path}: {changes}; expected the settings it was "
+                                  "made with (epochs may only grow), or a fresh start (a new run folder, or "
+                                  "fit(..., resume=False))")
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -302,6 +315,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
         sync()
         seconds = time.perf_counter() - t0
         train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the training loss is {train_loss}; "
+                                   f"expected a finite loss: lower lr (now {cfg.lr:g}) or add a warm-up")
         with _autocast(device, cfg):
             val_loss, val_acc = evaluate(model, val_x, val_y)
         history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
