@@ -47,6 +47,7 @@ def test_smoke_run_of_j1(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- a tiny generated project
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,6 +233,7 @@ def test_a_snapshot_left_by_an_older_version_is_still_put_back(tiny_project):
     (["-p", "J2.rate=0.1"], "J2 has no parameter 'rate'"),
     (["--only", "J1", "-p", "J3.epochs=1"], "J3 is not among the selected notebooks"),
     (["-p", "J9.epochs=1"], "there is no notebook J9; expected one of J1, J2, J3, J4, J5"),
+    (["-p", "J2.epochs=0"], "-p J2.epochs (J2): epochs must be >= 1, got 0"),
     (["-p", "epochs"], "name=value"),
     (["--only", "J9"], "invalid choice"),
     (["--profile", "fast"], "invalid choice"),
@@ -387,3 +389,15 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")  # a killed orphan may wait as a zombie for a parent that never reaps it
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.parametrize("pair,expected", [("J1.runs=0", "runs must be >= 1, got 0"),
+                                           ("warmup_iters=-5", "warmup_iters must be >= 0, got -5"),
+                                           ("J3.lr=0", "lr must be > 0, got 0.0"),
+                                           ("bar=101", "bar must be >= 0 and <= 100, got 101.0")])
+def test_the_series_parameters_are_range_checked_before_anything_runs(pair, expected):
+    with pytest.raises(notebook_params.ParameterError, match=re.escape(expected)):
+        pipeline.check_params([pair], pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[2]))
+    assert pipeline.check_params(["warmup_iters=0", "runs=1"],
+                                 pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[2]))["J1"] == \
+        {"warmup_iters": 0, "runs": 1}

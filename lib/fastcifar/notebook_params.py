@@ -116,6 +116,29 @@ def literal(raw: str):
         return raw
 
 
+# Ranges of the series' numeric parameters, by name (the same name means the same thing in every
+# notebook): (lowest, highest, whether the lowest itself is allowed). Checked with the types, before
+# anything runs, so `-p runs=0` is one line and not a failure in the middle of a notebook.
+RANGES = {
+    "warmup_iters": (0, None, True), "measure_iters": (1, None, True), "runs": (1, None, True),
+    "epochs": (1, None, True), "distill_epochs": (1, None, True), "batch_size": (1, None, True),
+    "cutout": (0, 32, True), "seed": (0, None, True), "lr": (0, None, False), "T": (0, None, False),
+    "label_smoothing": (0, 1, True), "alpha": (0, 1, True), "bar": (0, 100, True),
+    "fp16_max_drop": (0, 100, True), "channels_last_min_gain": (0, 1, True),
+}
+
+
+def check_range(name: str, value, where: str):
+    """`value` when it lies in RANGES[name] (or the name has no range, or the value is None)."""
+    if name not in RANGES or value is None:
+        return value
+    low, high, low_allowed = RANGES[name]
+    if (value < low if low_allowed else value <= low) or (high is not None and value > high):
+        span = f"{'>=' if low_allowed else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ParameterError(f"{where}: {name} must be {span}, got {value!r}")
+    return value
+
+
 def convert(param: Parameter, raw: str, where: str):
     """`raw` as a value of `param`'s type, or ParameterError naming what was expected."""
     value = literal(raw)
@@ -137,7 +160,8 @@ def convert(param: Parameter, raw: str, where: str):
         example = {"int": "5", "float": "0.5", "bool": "True", "list": "\"['a', 'b']\"", "dict": "\"{'a': 1}\""}[kind]
         raise ParameterError(f"{where}: {param.name} must be {kind}{' or None' if param.optional else ''}, "
                              f"got {raw!r} (e.g. -p {param.name}={example})")
-    return float(value) if kind == "float" else list(value) if kind == "list" else value
+    value = float(value) if kind == "float" else list(value) if kind == "list" else value
+    return check_range(param.name, value, where) if kind in ("int", "float") else value
 
 
 def resolve(pairs: list[str], declared: dict[str, dict[str, Parameter]],
