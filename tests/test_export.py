@@ -102,3 +102,21 @@ def test_export_leaves_the_callers_model_as_it_was(tmp_path):
     model = small_fastnet().half()
     export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
     assert next(model.parameters()).dtype == torch.float16  # not turned into FP32 (or moved) in place
+
+
+def test_the_cards_code_runs_as_written_in_a_fresh_interpreter(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    export.export_final(small_fastnet(), "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
+    blocks = re.findall(r"```python\n(.*?)```", (tmp_path / "final_model.md").read_text(), re.S)
+    assert len(blocks) == 2
+    lib = str(Path(export.__file__).resolve().parents[1])
+    for block in blocks:  # nothing imported beforehand but torch for x: the card's own imports must do
+        script = "import torch\nx = torch.randn(3, 3, 32, 32)\n" + block + "\nassert tuple(logits.shape) == (3, 10)\n"
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": lib}, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-1500:]

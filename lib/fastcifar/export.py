@@ -150,13 +150,15 @@ names and variant in its metadata; largest difference to PyTorch on {info['image
 Load and run, x a normalised (N, 3, 32, 32) tensor: in PyTorch (FP32, without the flip TTA)
 
 ```python
-model, ckpt = fastcifar.train.load_model("final_model.pt")
+from fastcifar.train import load_model
+model, ckpt = load_model("final_model.pt")
 logits = model(x)
 ```
 
 or with ONNX Runtime (as exported{', flip TTA included' if mirror else ''})
 
 ```python
+import onnxruntime
 session = onnxruntime.InferenceSession("final_model.onnx")
 logits = session.run(None, {{"image": x.numpy()}})[0]
 ```
