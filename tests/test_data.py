@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_cifar
 from fastcifar import data
 from fastcifar.data import DataError, GpuLoader, Split
 
@@ -727,11 +728,12 @@ def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0
+    assert proc.returncode == 143 and "Traceback" not in err.decode()
+    assert "stopped by signal SIGTERM; the half-built folder was removed" in err.decode().strip().splitlines()[-1]
     assert not data.stale_work_folders(base) and not (base / "cifar-10-batches-py").exists()
 
 
@@ -749,3 +751,25 @@ def test_stale_work_folders_are_removed_before_a_rebuild(tmp_path):
     data.rebuild_from_shared(shared, base)
     assert not data.stale_work_folders(base) and (base / "rebuild-notes").is_dir()
     assert (base / "cifar-10-batches-py").is_dir()
+
+
+def test_the_data_command_reports_mistakes_in_one_line(tmp_path, capsys):
+    def said() -> str:
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        return err
+
+    assert data.main(["--from-shared", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert "make_cifar10_batches.py" in said()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "make_cifar10_batches.py").write_text("import sys, pathlib\n(pathlib.Path(sys.argv[1]) / 'x').write_text('')\n")
+    assert data.main(["--from-shared", str(shared), "--data-dir", str(a_file)]) == 2
+    assert "expected a data folder this user can read and write" in said()
+    # a folder that is there but damaged is not taken as built
+    make_cifar(tmp_path / "damaged", "cifar10")
+    (tmp_path / "damaged" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04garbage")
+    assert data.main(["--from-shared", str(shared), "--data-dir", str(tmp_path / "damaged")]) == 2
+    assert "is there but cannot be read: remove it" in said()

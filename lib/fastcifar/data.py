@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,28 +454,54 @@ def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathL
     return target
 
 
-def main(argv=None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Prepare CIFAR data under the data folder.")
-    ap.add_argument("--from-shared", metavar="DIR", help="rebuild CIFAR-10 from a folder holding make_cifar10_batches.py")
-    ap.add_argument("--download", choices=sorted(LAYOUTS), help="download an official archive (needs internet)")
-    ap.add_argument("--data-dir", default=None)
-    args = ap.parse_args(argv)
-    if args.from_shared:
-        target = env.data_dir(args.data_dir) / LAYOUTS["cifar10"].folder
+def prepare(from_shared: str | None, download: str | None, data_dir: str | None) -> None:
+    """What `python -m fastcifar.data` does: rebuild or download, then say what each dataset there is."""
+    if from_shared:
+        target = env.data_dir(data_dir) / LAYOUTS["cifar10"].folder
         if (target / "test_batch").is_file():
+            try:
+                load_cifar("cifar10", data_dir)
+            except DataError as exc:
+                raise DataError(f"{exc}; {target} is there but cannot be read: remove it (rm -r {target}) and run "
+                                "this again to rebuild it") from None
             print(f"{target} already there")
         else:
-            print(f"built {rebuild_from_shared(args.from_shared, args.data_dir)}")
-    if args.download:
-        remove_stale_work_folders(args.data_dir)
-        print(f"downloaded {download_cifar(args.download, args.data_dir)}")
+            print(f"built {rebuild_from_shared(from_shared, data_dir)}")
+    if download:
+        remove_stale_work_folders(data_dir)
+        print(f"downloaded {download_cifar(download, data_dir)}")
     for name in LAYOUTS:
-        if (env.data_dir(args.data_dir) / LAYOUTS[name].folder).is_dir():
-            print(load_cifar(name, args.data_dir).source)
+        if (env.data_dir(data_dir) / LAYOUTS[name].folder).is_dir():
+            print(load_cifar(name, data_dir).source)
+
+
+def main(argv=None) -> int:
+    """Exit status: 0; 2 with one `error:` line for a missing source, damaged files or a folder that cannot
+    be written; 130 or 143 when stopped (the half-built folder is removed)."""
+    import argparse
+
+    prog = "python -m fastcifar.data"
+    ap = argparse.ArgumentParser(prog=prog, description="Prepare CIFAR data under the data folder.")
+    ap.add_argument("--from-shared", metavar="DIR", help="rebuild CIFAR-10 from a folder holding make_cifar10_batches.py")
+    ap.add_argument("--download", choices=sorted(LAYOUTS), help="download an official archive (needs internet)")
+    ap.add_argument("--data-dir", default=None, help="data folder (default: $FASTCIFAR_DATA or <project>/data)")
+    args = ap.parse_args(argv)
+    try:
+        with atomic.signals_raise():  # SIGTERM cleans up the temporary folder as Ctrl-C does
+            prepare(args.from_shared, args.download, args.data_dir)
+    except DataError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a data folder that is a file, or read-only, or a full disk
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error: cannot use{where} ({exc.strerror or exc}); expected a data folder this user can "
+              "read and write (--data-dir or $FASTCIFAR_DATA)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"{prog}: {str(exc) or 'interrupted'}; the half-built folder was removed", file=sys.stderr)
+        return 143 if isinstance(exc, atomic.Terminated) else 130
+    return 0
 
 
 if __name__ == "__main__":
-    with atomic.signals_raise():  # SIGTERM cleans up the temporary folder as Ctrl-C does
-        main()
+    sys.exit(main())
