@@ -217,4 +217,31 @@ def test_smoke_sweep_end_to_end(cifar_factory, tmp_path, monkeypatch, one_torch_
 
 def test_sweep_command_rejects_unknown_points(capsys):
     assert sweep.main(["--profile", "smoke", "--points", "w999"]) == 2
-    assert "unknown points" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown points" in err and "the smoke profile's points" in err
+
+
+def test_sweep_command_checks_its_output_folder_and_data_before_training(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    trained = []
+    monkeypatch.setattr(sweep, "measure_point", lambda *a, **k: trained.append(a) or ([], None))
+    assert sweep.main(["--profile", "smoke", "--out", str(a_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to" in err and "--out" in err and err.count("\n") == 0
+    monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "nowhere"))
+    assert sweep.main(["--profile", "smoke", "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sweep: error:") and err.count("\n") == 0 and not trained
+
+
+def test_the_notebooks_read_the_sweep_record_where_the_sweep_writes_it(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    monkeypatch.setenv("FASTCIFAR_OUTPUTS", str(tmp_path / "outs"))
+    committed = root / "outputs" / "sweep" / "chosen.json"
+    assert sweep.record_path(None, root) == committed  # nothing written elsewhere: the committed record
+    written = tmp_path / "outs" / "sweep" / "chosen.json"
+    written.parent.mkdir(parents=True)
+    written.write_text("{}")
+    assert sweep.record_path(None, root) == written
+    assert sweep.record_path("mine/chosen.json", root) == root / "mine" / "chosen.json"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import atomic, bench, env, optimize, recipe, report
+from .data import DataError
 from .models import count_params, fastnet_label
 
 SEED_BAR = 85.0
@@ -158,6 +159,17 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
     return df, record
 
 
+def record_path(given: str | None = None, root: Path | None = None) -> Path:
+    """Where the notebooks read the sweep's choices: `given` (relative to the project root), else the
+    outputs folder's sweep/chosen.json ($FASTCIFAR_OUTPUTS honoured, as the sweep writes it), else the
+    committed outputs/sweep/chosen.json of the project."""
+    root = root or env.project_root()
+    if given:
+        return root / given
+    written = env.outputs_dir("full") / "sweep" / "chosen.json"
+    return written if written.is_file() else root / "outputs" / "sweep" / "chosen.json"
+
+
 def chosen_points(path: Path) -> dict:
     """{"F1": {"point", "arch", "recipe", "mirror", ...}, "F2": ...} from a committed chosen.json."""
     if not Path(path).is_file():
@@ -184,16 +196,29 @@ def main(argv=None) -> int:
         known = {p.name: p for p in points}
         unknown = [n for n in args.points if n not in known]
         if unknown:
-            print(f"sweep: unknown points {unknown}; choose from {sorted(known)}", file=sys.stderr)
+            which = "the smoke profile's points (the full ones need a CUDA GPU)" if profile.is_smoke else "the points"
+            print(f"sweep: unknown points {unknown}; choose from {which}: {sorted(known)}", file=sys.stderr)
             return 2
         points = tuple(known[n] for n in args.points)
     teacher_val = args.teacher_val
     if teacher_val is None:
         teacher_val = teacher_val_from(env.outputs_dir("full") / "results.csv")
     out = args.out or env.outputs_dir(profile.name) / "sweep"
+    try:  # before minutes of training: the folder must take the results
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / ".writable", "")
+        (out / ".writable").unlink()
+    except OSError as exc:
+        print(f"sweep: error: cannot write to {out} ({exc.strerror or exc}); expected a writable folder for --out",
+              file=sys.stderr)
+        return 2
     if profile.is_smoke:
         print("SMOKE PROFILE: no CUDA GPU here; tiny data, one epoch, CPU timings (not GPU latency).")
-    df, record = run_sweep(out, profile, points, teacher_val, progress=not args.no_progress)
+    try:
+        df, record = run_sweep(out, profile, points, teacher_val, progress=not args.no_progress)
+    except DataError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
     print(report.markdown_table(df, {"id": "point", "params": "params", "train_s": "train s",
                                      "val_accuracy": "val %", "accuracy": "test %", "lat_p95_ms": "p95 ms"}))
     for key, c in record["chosen"].items():
