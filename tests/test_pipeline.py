@@ -76,6 +76,9 @@ BODY = textwrap.dedent('''\
     (out / "results.csv").write_text(f"epochs,name\\n{epochs},{name}\\n")
     (out / "started").write_text("yes")
     (pathlib.Path(os.environ["FASTCIFAR_DATA"]) / "kernel.pid").write_text(str(os.getpid()))
+    (out / "checkpoints").mkdir(exist_ok=True)  # a checkpoint replaced as save_checkpoint does: a new file
+    (out / "checkpoints" / ".model.pth.tmp").write_text(f"weights after {epochs} epochs")
+    os.replace(out / "checkpoints" / ".model.pth.tmp", out / "checkpoints" / "model.pth")
     readme = pathlib.Path(os.environ["FASTCIFAR_ROOT"]) / "README.md"
     if readme.exists():  # as J5 rewrites README's final-table block
         readme.write_text(readme.read_text() + f"table of a run with {epochs} epochs\\n")
@@ -160,6 +163,7 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     assert (out / "notebooks" / "J1_tiny.ipynb").is_file()
     assert (out / "results.csv").read_text() == "epochs,name\n2,x\n"
     assert readme.read_text() == "# tiny\ntable of a run with 2 epochs\n"  # J1's table, not the failed J2's
+    assert (out / "checkpoints" / "model.pth").read_text() == "weights after 2 epochs"  # what J4 would load
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert not (out / "pipeline_J1_J2.json").exists()
     # a later success supersedes the failed copy
@@ -401,3 +405,29 @@ def test_the_series_parameters_are_range_checked_before_anything_runs(pair, expe
     assert pipeline.check_params(["warmup_iters=0", "runs=1"],
                                  pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[2]))["J1"] == \
         {"warmup_iters": 0, "runs": 1}
+
+
+def test_checkpoints_are_snapshotted_as_links_and_figures_as_copies(tiny_project):
+    out = tiny_project["out"]
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "checkpoints" / "teacher.pth").write_bytes(b"w" * 1000)
+    (out / "figures" / "curves.png").write_bytes(b"png")
+    pipeline.take_snapshot(out)
+    assert (out / "checkpoints" / "teacher.pth").stat().st_nlink == 2  # no copy of tens of MB
+    assert (out / "figures" / "curves.png").stat().st_nlink == 1
+    (out / "figures" / "curves.png").write_bytes(b"redrawn in place")  # as savefig does
+    (out / "checkpoints" / "new.pth").write_bytes(b"n")
+    assert pipeline.restore_snapshot(out)
+    assert (out / "figures" / "curves.png").read_bytes() == b"png" and not (out / "checkpoints" / "new.pth").exists()
+    assert (out / "checkpoints" / "teacher.pth").read_bytes() == b"w" * 1000
+
+
+def test_an_outputs_folder_that_cannot_be_written_is_one_line_before_anything_runs(tiny_project, monkeypatch, capsys):
+    a_file = tiny_project["out"].parent / "a_file"
+    a_file.parent.mkdir(parents=True)
+    a_file.write_text("")
+    monkeypatch.setenv("FASTCIFAR_OUTPUTS", str(a_file))
+    assert pipeline.main(["--profile", "smoke", "--only", "J1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot write to" in err and "FASTCIFAR_OUTPUTS" in err

@@ -12,11 +12,11 @@ only (and wins over a global value there). Values are checked against each noteb
 
 Failures and interruptions: a notebook that fails is kept as `<name>.failed.ipynb` beside the executed
 copies (the traceback is in it) and the pipeline exits non-zero naming the notebook and the cell. The
-results files of the output folder (its top-level files and figures/) and README.md (J5 rewrites its
-final-table block) are snapshotted before each notebook and put back when the notebook fails or the
-run is stopped (Ctrl-C, SIGTERM), so they always match the executed notebooks that are kept. A run killed outright (SIGKILL) leaves the snapshot and
-temporary files; the next start puts the snapshot back and removes the temporaries, and the data
-folder's half-built `.rebuild-*` folders.
+results files of the output folder (its top-level files, figures/ and checkpoints/) and README.md (J5
+rewrites its final-table block) are snapshotted before each notebook and put back when the notebook
+fails or the run is stopped (Ctrl-C, SIGTERM), so they always match the executed notebooks that are
+kept. A run killed outright (SIGKILL) leaves the snapshot and temporary files; the next start puts
+the snapshot back and removes the temporaries, and the data folder's half-built `.rebuild-*` folders.
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ from .notebook_params import ParameterError, notebook_parameters, resolve
 NOTEBOOKS = ["J1", "J2", "J3", "J4", "J5"]
 SNAPSHOT_DIR = ".pipeline-snapshot"
 FAILED_SUFFIX = ".failed.ipynb"
+
+
+class OutputsNotWritable(RuntimeError):
+    """The outputs folder cannot take the executed notebooks; found before anything runs."""
 
 
 class NotebookFailed(RuntimeError):
@@ -111,13 +115,30 @@ def check_params(params, paths: dict[str, Path]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- results snapshot
 
+RESULT_FOLDERS = ("figures", "checkpoints")
+
+
 def results_files(out_dir: Path) -> list[Path]:
-    """What a notebook writes as results: the output folder's top-level files and its figures."""
+    """What a notebook writes as results: the output folder's top-level files, its figures and its
+    checkpoints (J4 and J5 load what J2 and J3 saved, so they must match the kept notebooks too)."""
     files = [p for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")] if out_dir.is_dir() else []
-    figures = out_dir / "figures"
-    if figures.is_dir():
-        files += [p for p in figures.iterdir() if p.is_file() and not p.name.startswith(".")]
+    for folder in RESULT_FOLDERS:
+        if (out_dir / folder).is_dir():
+            files += [p for p in (out_dir / folder).iterdir() if p.is_file() and not p.name.startswith(".")]
     return sorted(files)
+
+
+def _keep_copy(src: Path, dest: Path) -> None:
+    """Checkpoints (tens of MB) as hard links where the file system allows: free, and safe because
+    save_checkpoint replaces them atomically (a new file) and never rewrites them in place. Other
+    files are copied (a figure saved again rewrites its file in place)."""
+    if src.suffix == ".pth":
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dest)
 
 
 def take_snapshot(out_dir: Path, also: list[Path] = ()) -> Path:
@@ -128,8 +149,10 @@ def take_snapshot(out_dir: Path, also: list[Path] = ()) -> Path:
     snap.mkdir(parents=True)
     results = [str(path.relative_to(out_dir)) for path in results_files(out_dir)]
     outside = [str(Path(path).resolve()) for path in also if Path(path).is_file()]
-    for i, path in enumerate([*(out_dir / rel for rel in results), *map(Path, outside)]):
-        shutil.copy2(path, snap / f"{i:05d}")
+    for i, rel in enumerate(results):
+        _keep_copy(out_dir / rel, snap / f"{i:05d}")
+    for i, path in enumerate(map(Path, outside), start=len(results)):
+        shutil.copy2(path, snap / f"{i:05d}")  # outside: perhaps written in place by an editor
     atomic.write_text(snap / "manifest.json", json.dumps({"results": results, "outside": outside}))
     return snap
 
@@ -203,9 +226,15 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
 
     out_base = env.outputs_dir(prof.name)
     out_dir = out_base / "notebooks"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out_dir / ".writable", "")
+        (out_dir / ".writable").unlink()
+    except OSError as exc:
+        raise OutputsNotWritable(f"cannot write to {out_dir} ({exc.strerror or exc}); expected a writable outputs "
+                                 f"folder: set ${env.OUTPUTS_ENV} to one") from None
     for line in clean_stale(out_base, env.data_dir()):
         print(f"[pipeline] {line}", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
     for nb in selected:
         source = paths[nb]
@@ -260,7 +289,7 @@ def main(argv=None) -> int:
     try:
         with atomic.signals_raise():
             run(args.profile, args.only, args.param, progress=not args.no_progress)
-    except (ParameterError, env.ProfileError, FileNotFoundError) as exc:  # FileNotFoundError: no project or notebook
+    except (ParameterError, env.ProfileError, FileNotFoundError, OutputsNotWritable) as exc:  # FileNotFoundError: no project or notebook
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
     except NotebookFailed as exc:
