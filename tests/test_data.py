@@ -160,7 +160,7 @@ def test_missing_folder(tmp_path):
         data.load_cifar("cifar10", tmp_path)
     msg = str(info.value)
     assert str(tmp_path / "cifar-10-batches-py") in msg
-    assert "download=True" in msg and "FASTCIFAR_DATA" in msg
+    assert "python -m fastcifar.data --download cifar10" in msg and "FASTCIFAR_DATA" in msg and "make data" in msg
 
 
 def test_missing_folder_cifar100_names_its_folder(tmp_path):
@@ -282,7 +282,7 @@ def test_download_failure_is_a_data_error_and_leaves_nothing(tmp_path, monkeypat
     assert "download" in msg and "failed" in msg and "Network is unreachable" in msg
     assert isinstance(info.value.__cause__, OSError)
     assert calls and calls[0].startswith("http")
-    assert base.is_dir() and list(base.iterdir()) == []
+    assert not base.exists()  # the data folder it made for the download is removed with it
 
 
 def test_load_with_download_reports_failure(tmp_path, monkeypatch):
@@ -292,9 +292,13 @@ def test_load_with_download_reports_failure(tmp_path, monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(tvu, "download_and_extract_archive", failing)
-    with pytest.raises(DataError, match="failed"):
+    with pytest.raises(DataError, match="failed") as info:
         data.load_cifar("cifar100", tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
+    assert "make data" not in str(info.value)  # it rebuilds CIFAR-10 only
+    with pytest.raises(DataError):
+        data.load_cifar("cifar100", tmp_path / "new", download=True)
+    assert not (tmp_path / "new").exists()  # the folder the failed download made is gone
 
 
 def test_download_success_moves_folder_into_place(tmp_path, monkeypatch, cifar_factory):

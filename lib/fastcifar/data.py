@@ -94,8 +94,8 @@ class Cifar:
 
 
 def _how_to_get(name: str, folder: Path) -> str:
-    return (f"Get it with `make data` (rebuilds CIFAR-10 from ../shared/data), or "
-            f"load_cifar({name!r}, download=True) on a machine that is online, or point "
+    rebuild = "Get it with `make data` (rebuilds CIFAR-10 from ../shared/data), or " if name == "cifar10" else "Get it "
+    return (f"{rebuild}with `python -m fastcifar.data --download {name}` on a machine that is online, or point "
             f"${env.DATA_ENV} at the folder that contains {folder.name}/.")
 
 
@@ -238,16 +238,22 @@ def download_cifar(name: str, data_dir: str | os.PathLike | None = None) -> Path
     layout = _layout(name)
     cls = getattr(tvd, layout.archive_dataset)
     base = env.data_dir(data_dir)
-    base.mkdir(parents=True, exist_ok=True)
     if (base / layout.folder).exists():
         raise DataError(f"{name}: {base / layout.folder} already exists; delete it first to download again")
-    with tempfile.TemporaryDirectory(dir=base, prefix=".download-") as tmp:
-        try:
-            download_and_extract_archive(cls.url, download_root=tmp, filename=cls.filename, md5=cls.tgz_md5)
-        except Exception as exc:  # network errors come in many types
-            raise DataError(f"{name}: download from {cls.url} failed ({exc}). This machine may be offline. "
-                            + _how_to_get(name, base / layout.folder)) from exc
-        os.replace(Path(tmp) / layout.folder, base / layout.folder)
+    made = not base.exists()
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=base, prefix=".download-") as tmp:
+            try:
+                download_and_extract_archive(cls.url, download_root=tmp, filename=cls.filename, md5=cls.tgz_md5)
+            except Exception as exc:  # network errors come in many types
+                raise DataError(f"{name}: download from {cls.url} failed ({exc}). This machine may be offline. "
+                                + _how_to_get(name, base / layout.folder)) from exc
+            os.replace(Path(tmp) / layout.folder, base / layout.folder)
+    except BaseException:
+        if made and base.is_dir() and not any(base.iterdir()):
+            base.rmdir()  # the data folder this call made, left empty by a failed download
+        raise
     return base / layout.folder
 
 
