@@ -93,10 +93,11 @@ def test_resume_refuses_a_folder_without_a_checkpoint_or_with_other_settings(tmp
     (folder,) = run_folders(out, "train")
     assert train.main(["--resume", str(tmp_path)]) == 2
     assert "no run.json and model_last.pth" in error_line(capsys)
+    record = (folder / "run.json").read_text()
     assert train.main(["--resume", str(folder), "lr=0.5"]) == 2
-    assert "cannot resume" in error_line(capsys)  # lr differs from the checkpoint's
-    assert json.loads((folder / "run.json").read_text())["status"] == "failed"  # its outputs stay
-    assert (folder / "model_best.pth").is_file()
+    assert "was made with other settings (lr: 0.002 -> 0.5)" in error_line(capsys)
+    assert (folder / "run.json").read_text() == record  # refused before its record was touched
+    assert config.read_file(folder / "config.yaml")["lr"] == 0.002 and (folder / "model_best.pth").is_file()
     assert train.main([]) == 2
     assert "--config (or --resume RUN_FOLDER)" in error_line(capsys)
 

@@ -11,6 +11,7 @@ folder, checkpoint) ends with one `error: ...` line on stderr and exit code 2, b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -58,6 +59,14 @@ def _reopen(folder: str, command: str, config_arg: str | None, rest: list[str]) 
         raise configs.ConfigError(f"--resume: {path} holds no run.json and model_last.pth; expected the folder of a "
                                   f"{command} run that saved at least one checkpoint (every checkpoint_every epochs)")
     config = configs.load(config_arg or path / "config.yaml", configs.parse_overrides(rest))
+    # Settings are checked before the folder's record is touched (fit checks the data again later).
+    ckpt = train.load_checkpoint(last)
+    differ = train.resume_mismatch(ckpt, dataclasses.asdict(configs.train_config(config)),
+                                   ckpt.get("data_source"), ckpt.get("train_images"))
+    if differ:
+        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
+        raise configs.ConfigError(f"--resume: {last} was made with other settings ({changes}); expected its own "
+                                  "settings (max_epochs may grow, not shrink below the epochs already run)")
     return config, rundir.reopen(path, command, config, rest)
 
 

@@ -283,17 +283,20 @@ def resolve(raw: dict, overrides: dict | None = None, source: str = "config", ch
     if resolved["output_dir"] is None:
         resolved["output_dir"] = str(env.outputs_dir() / "toolkit")
     if resolved["lr_finder_min"] >= resolved["lr_finder_max"]:
-        raise ConfigError(f"{where('lr_finder_min', 'lr_finder_max')}: lr_finder_min ({resolved['lr_finder_min']:g}) must be below lr_finder_max "
+        raise ConfigError(f"{where('lr_finder_min', 'lr_finder_max')}: lr_finder_min ({resolved['lr_finder_min']:g}) "
+                          f"must be below lr_finder_max "
                           f"({resolved['lr_finder_max']:g})")
     if resolved["device"] == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"{where('device')}: device is cuda but no CUDA GPU is visible; expected auto or cpu here")
+            raise ConfigError(f"{where('device')}: device is cuda but no CUDA GPU is visible; expected auto or cpu "
+                              "here")
     if check_data:
         folder = data_folder(resolved)
         if not folder.is_dir():
-            raise ConfigError(f"{where('data_dir', 'dataset')}: data_dir: no folder {folder} for dataset {resolved['dataset']}; expected "
+            raise ConfigError(f"{where('data_dir', 'dataset')}: data_dir: no folder {folder} for dataset "
+                              f"{resolved['dataset']}; expected "
                               f"data_dir (or ${env.DATA_ENV}) to name the folder holding {folder.name}/")
     return resolved
 
