@@ -81,8 +81,11 @@ BODY = textwrap.dedent('''\
     os.replace(out / "checkpoints" / ".model.pth.tmp", out / "checkpoints" / "model.pth")
     readme = pathlib.Path(os.environ["FASTCIFAR_ROOT"]) / "README.md"
     if readme.exists():  # as J5 rewrites README's final-table block
-        readme.write_text(readme.read_text() + f"table of a run with {epochs} epochs\\n")
+        head, rest = readme.read_text().split("<!-- final-table:start -->\\n")
+        readme.write_text(head + "<!-- final-table:start -->\\n" + f"table of a run with {epochs} epochs\\n"
+                          + rest[rest.index("<!-- final-table:end -->"):])
 ''')
+TINY_README = "# tiny\n<!-- final-table:start -->\n{table}<!-- final-table:end -->\n"
 FAILS = 'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
 
 
@@ -148,7 +151,7 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     out.mkdir(parents=True)
     (out / "results.csv").write_text("from the last good run\n")
     readme = tiny_project["root"] / "README.md"
-    readme.write_text("# tiny\n")
+    readme.write_text(TINY_README.format(table="no table yet\n"))
     code = pipeline.main(["--profile", "smoke", "--only", "J1", "J2", "-p", "J2.fail=True", "-p", "J2.epochs=7",
                           "--no-progress"])
     err = capsys.readouterr().err.strip()
@@ -162,7 +165,7 @@ def test_a_failing_notebook_is_kept_and_results_are_put_back(tiny_project, capsy
     # J1 succeeded and its results stay; J2's half-written results were put back to J1's
     assert (out / "notebooks" / "J1_tiny.ipynb").is_file()
     assert (out / "results.csv").read_text() == "epochs,name\n2,x\n"
-    assert readme.read_text() == "# tiny\ntable of a run with 2 epochs\n"  # J1's table, not the failed J2's
+    assert readme.read_text() == TINY_README.format(table="table of a run with 2 epochs\n")  # J1's, not J2's
     assert (out / "checkpoints" / "model.pth").read_text() == "weights after 2 epochs"  # what J4 would load
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert not (out / "pipeline_J1_J2.json").exists()
@@ -205,18 +208,21 @@ def test_next_start_undoes_a_run_killed_outright(tiny_project):
     out.mkdir(parents=True)
     (out / "results.csv").write_text("good\n")
     readme = tiny_project["root"] / "README.md"
-    readme.write_text("table of the last good run\n")
-    pipeline.take_snapshot(out, also=[readme, tiny_project["root"] / "absent.md"])
+    readme.write_text(TINY_README.format(table="table of the last good run\n"))
+    pipeline.take_snapshot(out, readme=readme)
     (out / "results.csv").write_text("half of a killed run\n")
     (out / "new.csv").write_text("also\n")
-    readme.write_text("half a table\n")
+    readme.write_text(TINY_README.format(table="half a table\n") + "a line its reader added meanwhile\n")
     tmp = out / "notebooks" / ".J3_tiny.ipynb.x1y2z3w4.tmp.ipynb"
     tmp.parent.mkdir()
     tmp.write_text("{}")
     done = pipeline.clean_stale(out, tiny_project["data"])
     assert len(done) == 2
     assert (out / "results.csv").read_text() == "good\n" and not (out / "new.csv").exists() and not tmp.exists()
-    assert readme.read_text() == "table of the last good run\n" and not (tiny_project["root"] / "absent.md").exists()
+    assert readme.read_text() == TINY_README.format(table="table of the last good run\n") + \
+        "a line its reader added meanwhile\n"  # the block put back, the rest of README left as it is
+    pipeline.take_snapshot(out, readme=tiny_project["root"] / "absent.md")  # no README: nothing to put back
+    assert pipeline.restore_snapshot(out)
 
 
 def test_a_snapshot_left_by_an_older_version_is_still_put_back(tiny_project):

@@ -12,8 +12,8 @@ only (and wins over a global value there). Values are checked against each noteb
 
 Failures and interruptions: a notebook that fails is kept as `<name>.failed.ipynb` beside the executed
 copies (the traceback is in it) and the pipeline exits non-zero naming the notebook and the cell. The
-results files of the output folder (its top-level files, figures/ and checkpoints/) and README.md (J5
-rewrites its final-table block) are snapshotted before each notebook and put back when the notebook
+results files of the output folder (its top-level files, figures/ and checkpoints/) and README's
+final-table block (J5 rewrites it) are snapshotted before each notebook and put back when the notebook
 fails or the run is stopped (Ctrl-C, SIGTERM), so they always match the executed notebooks that are
 kept. A run killed outright (SIGKILL) leaves the snapshot and temporary files; the next start puts
 the snapshot back and removes the temporaries, and the data folder's half-built `.rebuild-*` folders.
@@ -141,40 +141,47 @@ def _keep_copy(src: Path, dest: Path) -> None:
     shutil.copy2(src, dest)
 
 
-def take_snapshot(out_dir: Path, also: list[Path] = ()) -> Path:
-    """Copy the results files, and the files named in `also` (outside out_dir, such as README, whose
-    final-table block J5 rewrites), into out_dir/.pipeline-snapshot; the manifest, written last, makes it valid."""
+def take_snapshot(out_dir: Path, readme: Path | None = None) -> Path:
+    """Keep the results files, and the final-table block of `readme` (J5 rewrites it), in
+    out_dir/.pipeline-snapshot; the manifest, written last, makes it valid."""
+    from .report import readme_block
+
     snap = out_dir / SNAPSHOT_DIR
     shutil.rmtree(snap, ignore_errors=True)
     snap.mkdir(parents=True)
     results = [str(path.relative_to(out_dir)) for path in results_files(out_dir)]
-    outside = [str(Path(path).resolve()) for path in also if Path(path).is_file()]
     for i, rel in enumerate(results):
         _keep_copy(out_dir / rel, snap / f"{i:05d}")
-    for i, path in enumerate(map(Path, outside), start=len(results)):
-        shutil.copy2(path, snap / f"{i:05d}")  # outside: perhaps written in place by an editor
-    atomic.write_text(snap / "manifest.json", json.dumps({"results": results, "outside": outside}))
+    block = readme_block(readme) if readme is not None else None
+    manifest = {"results": results, "readme": str(Path(readme).resolve()) if block is not None else None,
+                "readme_block": block}
+    atomic.write_text(snap / "manifest.json", json.dumps(manifest))
     return snap
 
 
 def restore_snapshot(out_dir: Path) -> bool:
     """Put the results files back as they were at the snapshot (files created since are removed), and
-    the files outside out_dir that it holds. False when there is no valid snapshot (it is then only removed)."""
+    README's final-table block (the rest of README, perhaps edited meanwhile, stays as it is). False
+    when there is no valid snapshot (it is then only removed)."""
+    from .report import readme_block, update_readme
+
     snap = out_dir / SNAPSHOT_DIR
     manifest = snap / "manifest.json"
     if not manifest.is_file():
         shutil.rmtree(snap, ignore_errors=True)
         return False
     kept = json.loads(manifest.read_text())
-    results, outside = (kept, []) if isinstance(kept, list) else (kept["results"], kept["outside"])
+    if isinstance(kept, list):  # written by an older version: results only
+        kept = {"results": kept, "readme": None}
+    results = kept["results"]
     for path in results_files(out_dir):
         if str(path.relative_to(out_dir)) not in results:
             path.unlink()
     for i, rel in enumerate(results):
         os.replace(snap / f"{i:05d}", out_dir / rel)
-    for i, dest in enumerate(map(Path, outside), start=len(results)):
-        with atomic.atomic_path(dest) as tmp:  # may sit on another file system than the snapshot
-            shutil.copy2(snap / f"{i:05d}", tmp)
+    readme = kept["readme"] and Path(kept["readme"])
+    if readme and readme_block(readme) not in (None, kept["readme_block"]):
+        update_readme(readme, kept["readme_block"])
     shutil.rmtree(snap)
     return True
 
@@ -242,7 +249,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
         failed = out_dir / (source.stem + FAILED_SUFFIX)
         print(f"[pipeline] {nb}: {os.path.relpath(source)} -> {os.path.relpath(target)}", flush=True)
         t0 = time.perf_counter()
-        take_snapshot(out_base, also=[root / "README.md"])
+        take_snapshot(out_base, readme=root / "README.md")
         try:
             with atomic.atomic_path(target) as tmp:
                 try:

@@ -258,14 +258,25 @@ def seed_table(df, extra: dict[str, str] | None = None):
     return df[present].rename(columns={c: cols[c] for c in present})
 
 
+def _block_pattern(tag: str):
+    return re.compile(rf"(<!-- {tag}:start -->\n)(.*?)(<!-- {tag}:end -->)", re.S)
+
+
+def readme_block(readme: str | Path, tag: str = "final-table") -> str | None:
+    """The text between README's <!-- tag:start --> and <!-- tag:end --> markers; None without them."""
+    readme = Path(readme)
+    found = _block_pattern(tag).search(readme.read_text(encoding="utf-8")) if readme.is_file() else None
+    return found.group(2) if found else None
+
+
 def update_readme(readme: str | Path, table_md: str, tag: str = "final-table") -> bool:
     """Replace the text between <!-- tag:start --> and <!-- tag:end --> in README; False if no markers."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(rf"(<!-- {tag}:start -->\n).*?(<!-- {tag}:end -->)", re.S)
+    pattern = _block_pattern(tag)
     if not pattern.search(text):
         return False
-    atomic.write_text(readme, pattern.sub(lambda m: m.group(1) + table_md + m.group(2), text))
+    atomic.write_text(readme, pattern.sub(lambda m: m.group(1) + table_md + m.group(3), text))
     return True
 
 
