@@ -65,6 +65,7 @@ PARAMETERS = textwrap.dedent('''\
     epochs: int = 2
     rate = 0.5
     fail = False
+    crash = False
     sleep = 0.0
     name = "x"
 ''')
@@ -86,7 +87,10 @@ BODY = textwrap.dedent('''\
                           + rest[rest.index("<!-- final-table:end -->"):])
 ''')
 TINY_README = "# tiny\n<!-- final-table:start -->\n{table}<!-- final-table:end -->\n"
-FAILS = 'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
+FAILS = ('if crash:  # the kernel process dies, as in a segfault, after a word on its own stderr\n'
+         '    os.write(2, b"native crash message\\n")\n'
+         '    os._exit(1)\n'
+         'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n')
 
 
 def tiny_notebook(path: Path, parameters: str = PARAMETERS) -> Path:
@@ -197,6 +201,7 @@ def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, si
             proc.kill()
     assert proc.returncode == code, err
     assert f": {said};" in err.strip().splitlines()[-1]  # the last word is the pipeline's, not the kernel's
+    assert "Traceback" not in err and not list((out / "notebooks").glob("*kernel.log"))
     assert not alive(int((tiny_project["data"] / "kernel.pid").read_text()))  # ended before results were put back
     assert not list(out.rglob(".*.tmp*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     assert (out / "results.csv").read_text() == "from the last good run\n"
@@ -437,3 +442,15 @@ def test_an_outputs_folder_that_cannot_be_written_is_one_line_before_anything_ru
     assert pipeline.main(["--profile", "smoke", "--only", "J1", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot write to" in err and "FASTCIFAR_OUTPUTS" in err
+
+
+def test_a_dead_kernel_is_one_line_and_its_own_messages_are_kept(tiny_project, capsys):
+    out = tiny_project["out"]
+    code = pipeline.main(["--profile", "smoke", "--only", "J1", "-p", "crash=True", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "J1: its kernel died" in err
+    log = out / "notebooks" / "J1_tiny.kernel.log"
+    assert str(log) in err and "native crash message" in log.read_text()
+    assert not list((out / "notebooks").glob(".*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
+    pipeline.run("smoke", ["J1"], progress=False)  # a later success removes the old log
+    assert not log.exists() and not list((out / "notebooks").glob(".*kernel.log"))

@@ -37,6 +37,7 @@ from .notebook_params import ParameterError, notebook_parameters, resolve
 NOTEBOOKS = ["J1", "J2", "J3", "J4", "J5"]
 SNAPSHOT_DIR = ".pipeline-snapshot"
 FAILED_SUFFIX = ".failed.ipynb"
+KERNEL_LOG_SUFFIX = ".kernel.log"
 
 
 class OutputsNotWritable(RuntimeError):
@@ -47,20 +48,34 @@ class NotebookFailed(RuntimeError):
     """A notebook raised while it ran; the message names it, the cell and the kept executed copy."""
 
 
+class KernelDied(NotebookFailed):
+    """The notebook's kernel process ended while a cell ran (a crash, the OOM killer); the message names
+    the log of the kernel's own messages."""
+
+
 _kernels_started: list = []
 
 
-def _kernel_manager_class():
-    """A kernel manager that remembers its kernels, so a stopped run can end them itself.
+def _kernel_manager_class(stderr_path: Path | None = None):
+    """A kernel manager that remembers its kernels, so a stopped run can end them itself, and sends the
+    kernel process's own stderr (ipykernel's log, C-level messages) to `stderr_path`.
 
     papermill's own cleanup of a kernel after Ctrl-C or SIGTERM may run only at interpreter exit, after
-    the results were put back: the kernel could go on writing in between."""
+    the results were put back: the kernel could go on writing in between. What a notebook prints reaches
+    the executed notebook either way; the kernel's stderr would otherwise interleave with the pipeline's
+    lines (a stopped kernel prints tracebacks of its closed sockets)."""
     from jupyter_client import AsyncKernelManager
 
     class RememberedKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             _kernels_started.append(self)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if stderr_path is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(stderr_path, "ab") as log:  # the kernel holds its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log})
 
     return RememberedKernelManager
 
@@ -201,6 +216,10 @@ def clean_stale(out_dir: Path, data_dir: Path | None = None) -> list[str]:
     for tmp in atomic.stale_temporaries(out_dir):
         tmp.unlink(missing_ok=True)
         done.append(f"removed {tmp}")
+    notebooks = out_dir / "notebooks"
+    for log in sorted(notebooks.glob(f".*{KERNEL_LOG_SUFFIX}")) if notebooks.is_dir() else []:
+        log.unlink(missing_ok=True)  # the kernel log of a notebook whose run was killed outright
+        done.append(f"removed {log}")
     if data_dir is not None:
         done += [f"removed {folder}" for folder in remove_stale_work_folders(data_dir)]
     return done
@@ -221,6 +240,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
 
     Raises ParameterError (a user mistake, before anything runs) or NotebookFailed."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     selected = list(only or NOTEBOOKS)
     unknown = [nb for nb in selected if nb not in NOTEBOOKS]
@@ -247,25 +267,39 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
         source = paths[nb]
         target = out_dir / source.name
         failed = out_dir / (source.stem + FAILED_SUFFIX)
+        kernel_log = out_dir / f".{source.stem}{KERNEL_LOG_SUFFIX}"
+        kept_log = out_dir / (source.stem + KERNEL_LOG_SUFFIX)
         print(f"[pipeline] {nb}: {os.path.relpath(source)} -> {os.path.relpath(target)}", flush=True)
         t0 = time.perf_counter()
         take_snapshot(out_base, readme=root / "README.md")
+        kernel_log.unlink(missing_ok=True)
         try:
             with atomic.atomic_path(target) as tmp:
                 try:
                     pm.execute_notebook(str(source), str(tmp), parameters={**values[nb], "profile": prof.name},
                                         cwd=str(root), kernel_name="python3", progress_bar=progress,
-                                        log_output=False, kernel_manager_class=_kernel_manager_class())
+                                        log_output=False, kernel_manager_class=_kernel_manager_class(kernel_log))
                 except pm.PapermillExecutionError as exc:
                     atomic.move_into_place(tmp, failed)  # papermill wrote the executed copy, traceback included
                     raise NotebookFailed(_failure_message(nb, failed, exc)) from exc
-        except BaseException:
+                except DeadKernelError as exc:
+                    raise KernelDied(f"{nb}: its kernel died while a cell ran ({exc}); its own messages are in "
+                                     f"{kept_log}") from exc
+        except BaseException as exc:
             end_kernels()  # nothing writes any more: what the kernel left half-written is dead temporaries
             restore_snapshot(out_base)
             for stale in atomic.stale_temporaries(out_base):
                 stale.unlink(missing_ok=True)
+            # Kept when the kernel died or something unforeseen failed: a crash's own messages are there.
+            # A cell's error is in the executed copy, and a stop only leaves complaints about closed sockets.
+            if isinstance(exc, KernelDied) or not isinstance(exc, (KeyboardInterrupt, NotebookFailed)):
+                if kernel_log.is_file():
+                    os.replace(kernel_log, kept_log)
+            kernel_log.unlink(missing_ok=True)
             raise
         _kernels_started.clear()  # papermill shut it down
+        kernel_log.unlink(missing_ok=True)
+        kept_log.unlink(missing_ok=True)  # an older failure's log is superseded
         discard_snapshot(out_base)
         failed.unlink(missing_ok=True)  # an older failure of this notebook is superseded
         timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1)})
