@@ -131,6 +131,19 @@ def test_git_commit_without_env_is_a_string(no_env):
 # ---------------------------------------------------------------- atomic
 
 
+def test_stop_reason_names_the_signal_and_the_shells_exit_status():
+    assert atomic.stop_reason(atomic.Terminated("stopped by signal SIGTERM")) == ("stopped by signal SIGTERM", 143)
+    assert atomic.stop_reason(KeyboardInterrupt()) == ("interrupted", 130)
+
+
+def test_ensure_writable_makes_the_folder_and_leaves_nothing_in_it(tmp_path):
+    assert atomic.ensure_writable(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert list((tmp_path / "new" / "out").iterdir()) == []
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError):
+        atomic.ensure_writable(tmp_path / "a_file")
+
+
 def test_atomic_write_text_and_bytes(tmp_path):
     path = atomic.write_text(tmp_path / "a" / "b.txt", "héllo\n")
     assert path.read_text(encoding="utf-8") == "héllo\n"

@@ -94,3 +94,19 @@ def signals_raise():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def stop_reason(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped the process, in words, and the exit status a shell gives it: 143 for SIGTERM
+    (Terminated), 130 for Ctrl-C."""
+    return str(exc) or "interrupted", 143 if isinstance(exc, Terminated) else 130
+
+
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Make `folder` and write (then remove) a file in it, before work whose results it must take;
+    OSError when it cannot."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = write_text(folder / ".writable", "")
+    probe.unlink()
+    return folder

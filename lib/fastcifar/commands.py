@@ -120,7 +120,7 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as exc:
-        said = str(exc) or "interrupted"
+        said, status = atomic.stop_reason(exc)
         if run is None:
             print(f"{command}: {said}; nothing was written", file=sys.stderr, flush=True)
         else:
@@ -128,7 +128,7 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
             resume = (f"; go on with: python -m fastcifar.{command} --resume {shlex.quote(str(run.path))}"
                       if resumable and run.file("model_last.pth").is_file() else "")
             print(f"{command}: {said}; what was finished is in {run.path}{resume}", file=sys.stderr, flush=True)
-        return 143 if isinstance(exc, atomic.Terminated) else 130
+        return status
     except BaseException as exc:
         if run is not None:
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")

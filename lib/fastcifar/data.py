@@ -504,8 +504,9 @@ def main(argv=None) -> int:
               "read and write (--data-dir or $FASTCIFAR_DATA)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"{prog}: {str(exc) or 'interrupted'}; the half-built folder was removed", file=sys.stderr)
-        return 143 if isinstance(exc, atomic.Terminated) else 130
+        said, status = atomic.stop_reason(exc)
+        print(f"{prog}: {said}; the half-built folder was removed", file=sys.stderr)
+        return status
     return 0
 
 

@@ -254,9 +254,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
     out_base = env.outputs_dir(prof.name)
     out_dir = out_base / "notebooks"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out_dir / ".writable", "")
-        (out_dir / ".writable").unlink()
+        atomic.ensure_writable(out_dir)
     except OSError as exc:
         raise OutputsNotWritable(f"cannot write to {out_dir} ({exc.strerror or exc}); expected a writable outputs "
                                  f"folder: set ${env.OUTPUTS_ENV} to one") from None
@@ -337,9 +335,10 @@ def main(argv=None) -> int:
         print(f"{ap.prog}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"{ap.prog}: {str(exc) or 'interrupted'}; temporary files removed, results put back as before "
-              "the interrupted notebook", file=sys.stderr)
-        return 143 if isinstance(exc, atomic.Terminated) else 130
+        said, status = atomic.stop_reason(exc)
+        print(f"{ap.prog}: {said}; temporary files removed, results put back as before the interrupted notebook",
+              file=sys.stderr)
+        return status
     return 0
 
 

@@ -205,9 +205,7 @@ def main(argv=None) -> int:
         teacher_val = teacher_val_from(env.outputs_dir("full") / "results.csv")
     out = args.out or env.outputs_dir(profile.name) / "sweep"
     try:  # before minutes of training: the folder must take the results
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / ".writable", "")
-        (out / ".writable").unlink()
+        atomic.ensure_writable(out)
     except OSError as exc:
         print(f"sweep: error: cannot write to {out} ({exc.strerror or exc}); expected a writable folder for --out",
               file=sys.stderr)
