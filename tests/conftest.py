@@ -211,3 +211,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def signal_when_ready(proc, ready, signum, wait_s: float = 60, check=None) -> str:
+    """Wait until `ready()` holds while `proc` still runs, call `check()` if given, send `signum` and
+    return what the process wrote to stderr; a process that outlives this is killed."""
+    import time
+
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        if check is not None:
+            check()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err

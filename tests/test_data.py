@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cifar
+from conftest import make_cifar, signal_when_ready
 from fastcifar import data
 from fastcifar.data import DataError, GpuLoader, Split
 
@@ -717,7 +717,6 @@ def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -726,16 +725,8 @@ def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
     lib = str(Path(data.__file__).resolve().parents[1])
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.data", "--from-shared", str(shared), "--data-dir", str(base)],
                             env={**os.environ, "PYTHONPATH": lib}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not list(base.glob(".rebuild-*/cifar-10-batches-py/data_batch_1")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = signal_when_ready(proc, lambda: list(base.glob(".rebuild-*/cifar-10-batches-py/data_batch_1")),
+                            signal.SIGTERM)
     assert proc.returncode == 143 and "Traceback" not in err.decode()
     assert "stopped by signal SIGTERM; the half-built folder was removed" in err.decode().strip().splitlines()[-1]
     assert not data.stale_work_folders(base) and not (base / "cifar-10-batches-py").exists()

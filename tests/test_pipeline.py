@@ -57,6 +57,7 @@ from pathlib import Path
 
 import nbformat
 
+from conftest import signal_when_ready
 from fastcifar import atomic, notebook_params
 from fastcifar.notebook_params import ParameterError
 
@@ -188,17 +189,12 @@ def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, si
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.pipeline", "--profile", "smoke", "--only", "J1",
                              "-p", "sleep=60", "--no-progress"], env={**os.environ, "PYTHONPATH": lib},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (out / "started").exists():  # the notebook has written its results and sleeps
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
+
+    def executed_copy_is_being_written():
         assert list((out / "notebooks").glob(".*.tmp.ipynb"))
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    # "started": the notebook has written its results and sleeps
+    err = signal_when_ready(proc, (out / "started").exists, signum, check=executed_copy_is_being_written)
     assert proc.returncode == code, err
     assert f": {said};" in err.strip().splitlines()[-1]  # the last word is the pipeline's, not the kernel's
     assert "Traceback" not in err and not list((out / "notebooks").glob("*kernel.log"))

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import make_cifar
+from conftest import make_cifar, signal_when_ready
 from fastcifar import config, evaluate, grid_search, models, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,16 +56,8 @@ def command(*argv: str, env_extra: dict | None = None, **popen) -> subprocess.Po
 def test_a_stopped_train_says_so_in_one_line_and_resumes_where_it_stopped(tmp_path, cifar100, signum, code, said):
     out = tmp_path / "out"
     proc = command("fastcifar.train", *base_args(cifar100, out, "max_epochs=400", "checkpoint_every=1"))
-    try:
-        deadline = time.monotonic() + 120
-        while not (run_folders(out, "train") and (run_folders(out, "train")[0] / "model_last.pth").is_file()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = signal_when_ready(proc, lambda: run_folders(out, "train") and
+                            (run_folders(out, "train")[0] / "model_last.pth").is_file(), signum, wait_s=120)
     assert proc.returncode == code, err
     last = err.strip().splitlines()[-1]
     assert f"train: {said}; what was finished is in" in last and "--resume" in last
