@@ -462,11 +462,12 @@ def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathL
 
 def prepare(from_shared: str | None, download: str | None, data_dir: str | None) -> None:
     """What `python -m fastcifar.data` does: rebuild or download, then say what each dataset there is."""
+    sources = {}  # what was read already: each dataset is loaded (and its md5 checked) once
     if from_shared:
         target = env.data_dir(data_dir) / LAYOUTS["cifar10"].folder
         if (target / "test_batch").is_file():
             try:
-                load_cifar("cifar10", data_dir)
+                sources["cifar10"] = load_cifar("cifar10", data_dir).source
             except DataError as exc:
                 raise DataError(f"{exc}; {target} is there but cannot be read: remove it (rm -r {target}) and run "
                                 "this again to rebuild it") from None
@@ -478,7 +479,7 @@ def prepare(from_shared: str | None, download: str | None, data_dir: str | None)
         print(f"downloaded {download_cifar(download, data_dir)}")
     for name in LAYOUTS:
         if (env.data_dir(data_dir) / LAYOUTS[name].folder).is_dir():
-            print(load_cifar(name, data_dir).source)
+            print(sources.get(name) or load_cifar(name, data_dir).source)
 
 
 def main(argv=None) -> int:
