@@ -21,10 +21,10 @@ from . import atomic, commands, config as configs, models, report, train
 
 
 def check_grid(config: dict) -> None:
-    """Only resnet_custom takes blocks and widths: for another model, points differing in them alone
-    would train the same network several times."""
+    """A model that takes no blocks and widths (configs.model_arch gives it none) would train the same
+    network at points that differ in them alone."""
     varied = [k for k in ("grid_blocks", "grid_widths") if len(config[k]) > 1]
-    if config["model"] != "resnet_custom" and varied:
+    if varied and not configs.model_arch(config):
         raise configs.ConfigError(
             f"{' and '.join(varied)} vary resnet_custom only, and model is {config['model']}; expected one entry "
             f"each (e.g. grid_blocks=[[3,3,3]] grid_widths=[[64,128,256]]) or model=resnet_custom")
