@@ -157,7 +157,7 @@ def cifar100_any(request, cifar_factory):
 @pytest.fixture
 def isolated_dirs(tmp_path, monkeypatch):
     """FASTCIFAR_DATA and FASTCIFAR_OUTPUTS pointed at fresh temporary folders (returned as a dict)."""
-    from fastcifar import env
+    from fastcifar.core import env
 
     data, outputs = tmp_path / "env-data", tmp_path / "env-outputs"
     data.mkdir()
@@ -183,7 +183,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
     import torch
 
-    from fastcifar import atomic, env
+    from fastcifar.core import atomic, env
 
     stats = terminalreporter.stats
     counts = {kind: len([r for r in stats.get(kind, []) if getattr(r, "when", "call") in ("call", "setup")])

@@ -1,4 +1,4 @@
-"""fastcifar.bench on the CPU with a fake clock: statistics, the benchmark loop, stability, results CSVs."""
+"""fastcifar.core.bench on the CPU with a fake clock: statistics, the benchmark loop, stability, results CSVs."""
 from __future__ import annotations
 
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fastcifar import bench
-from fastcifar.bench import RESULT_COLUMNS, BenchResult, LatencyStats
+from fastcifar.core import bench
+from fastcifar.core.bench import RESULT_COLUMNS, BenchResult, LatencyStats
 
 
 # ---------------------------------------------------------------- LatencyStats
@@ -347,7 +347,7 @@ def test_text_in_a_number_column_is_an_error(tmp_path):
 
 
 def _variant_on(device):
-    from fastcifar import optimize
+    from fastcifar.core import optimize
 
     module = torch.nn.Linear(4, 2).to(device)
     return optimize.Variant(optimize.Spec(), module, module, torch.float32, torch.contiguous_format)

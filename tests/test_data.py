@@ -1,4 +1,4 @@
-"""fastcifar.data on small generated datasets: reading, provenance, errors, splits and loaders (CPU)."""
+"""fastcifar.core.data on small generated datasets: reading, provenance, errors, splits and loaders (CPU)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_cifar, signal_when_ready
-from fastcifar import data
-from fastcifar.data import DataError, GpuLoader, Split
+from fastcifar.core import data
+from fastcifar.core.data import DataError, GpuLoader, Split
 
 CPU = torch.device("cpu")
 MEAN, STD = data.CIFAR10_MEAN, data.CIFAR10_STD
@@ -605,7 +605,7 @@ def test_torchvision_batch1_dataloader():
 def test_splits_for_follows_the_profile_and_tensors_are_normalised(cifar10_str):
     from types import SimpleNamespace
 
-    from fastcifar import env
+    from fastcifar.core import env
 
     smoke = SimpleNamespace(data_dir=cifar10_str.base, profile=env.Profile("smoke", 30, 7, 1, 1, 2, False, 1))
     splits = data.splits_for(smoke, seed=0, n_val=20)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fastcifar import bench, models, optimize, report, train
+from fastcifar import report
+from fastcifar.core import bench, engine, models, optimize
 
 
 def rows(*specs):
@@ -101,11 +102,11 @@ def test_export_choice_is_the_final_candidate():
 
 def test_sanity_failures():
     good = [{"model": "m", "initial loss": math.log(10) + 0.05, "loss after overfitting 64 images": 0.01}]
-    assert train.sanity_failures(good, 10) == []
+    assert engine.sanity_failures(good, 10) == []
     bad = [{"model": "m", "initial loss": 3.0, "loss after overfitting 64 images": 0.2}]
-    problems = train.sanity_failures(bad, 10)
+    problems = engine.sanity_failures(bad, 10)
     assert len(problems) == 2 and "ln(10)" in problems[0] and "not memorised" in problems[1]
-    assert len(train.sanity_failures(bad, 10, overfit=False)) == 1
+    assert len(engine.sanity_failures(bad, 10, overfit=False)) == 1
 
 
 def test_parity_and_reused_accuracies_on_the_cpu():

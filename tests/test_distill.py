@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastcifar.distill import distillation_loss, soft_labels
+from fastcifar.core.distill import distillation_loss, soft_labels
 
 
 def test_loss_is_cross_entropy_when_alpha_is_zero():

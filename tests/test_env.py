@@ -1,4 +1,4 @@
-"""fastcifar.env (root, folders, profiles, commit) and fastcifar.atomic."""
+"""fastcifar.core.env (root, folders, profiles, commit) and fastcifar.core.atomic."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastcifar import atomic, env
+from fastcifar.core import atomic, env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_project_root_needs_lib_fastcifar(no_env, tmp_path):
 
 
 def test_project_root_not_found(no_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(env, "__file__", str(tmp_path / "site" / "fastcifar" / "env.py"))
+    monkeypatch.setattr(env, "__file__", str(tmp_path / "site" / "fastcifar" / "core" / "env.py"))
     with pytest.raises(FileNotFoundError, match="FASTCIFAR_ROOT"):
         env.project_root(tmp_path)
 
@@ -209,7 +209,7 @@ def test_a_non_editable_install_loads_models_and_data_outside_the_project(tmp_pa
     script = """
 import importlib.metadata as md, pathlib, sys
 import fastcifar
-from fastcifar import data, env, models, train
+from fastcifar.core import data, engine, env, models
 assert pathlib.Path(fastcifar.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()), fastcifar.__file__
 assert md.version("fastcifar") == fastcifar.__version__
 scripts = {e.name: e.value for e in md.entry_points(group="console_scripts")}
@@ -217,8 +217,8 @@ assert scripts.get("fastcifar") == "fastcifar.cli:main", scripts
 cifar = data.load_cifar("cifar10")
 assert len(cifar.train) == 100 and env.data_dir() == pathlib.Path.cwd() / "data"
 model = models.build_model("fastnet", widths=(8, 16, 16))
-path = train.save_checkpoint("m.pt", model, "fastnet", 10)
-loaded, ckpt = train.load_model(path)
+path = engine.save_checkpoint("m.pt", model, "fastnet", 10)
+loaded, ckpt = engine.load_model(path)
 assert ckpt["arch"]["widths"] == [8, 16, 16]
 print("ok")
 """

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fastcifar import data, export, models, optimize, train
+from fastcifar import export
+from fastcifar.core import data, engine, models, optimize
 
 pytest.importorskip("onnxruntime")
 
@@ -22,7 +23,7 @@ def test_export_writes_checkpoint_and_onnx_with_parity(tmp_path):
     info = export.export_final(model, "shufflenet_v2", 10, tmp_path, images, id="X")
     assert info["exported"] and info["parity_ok"] and info["images_checked"] == 4
     assert info["onnx_max_abs_diff"] < 1e-3
-    loaded, ckpt = train.load_model(tmp_path / "final_model.pt")
+    loaded, ckpt = engine.load_model(tmp_path / "final_model.pt")
     assert ckpt["id"] == "X"
     with torch.inference_mode():
         assert torch.allclose(loaded(images), model(images), atol=1e-6)
@@ -63,7 +64,7 @@ def test_checkpoint_rebuilds_the_architecture_and_keeps_the_spec(tmp_path):
     model = small_fastnet()
     spec = optimize.Spec("fp16", cuda_graph=True, mirror=True)
     export.export_final(model, "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32), spec=spec)
-    loaded, ckpt = train.load_model(tmp_path / "final_model.pt")
+    loaded, ckpt = engine.load_model(tmp_path / "final_model.pt")
     assert ckpt["arch"]["widths"] == [8, 16, 16] and optimize.Spec.from_dict(ckpt["spec"]) == spec
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():

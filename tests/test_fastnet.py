@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fastcifar import data, env, models, optimize, recipe, sweep, train
+from fastcifar import recipe, sweep
+from fastcifar.core import data, engine, env, models, optimize
 
 
 def trained_like(model: models.FastNet, seed: int = 0) -> models.FastNet:
@@ -102,8 +103,8 @@ def test_mirror_variant_averages_the_image_and_its_flip():
 
 def test_checkpoint_rebuilds_the_architecture(tmp_path):
     model = trained_like(models.build_model("fastnet", widths=(8, 16, 24), convs=3))
-    path = train.save_checkpoint(tmp_path / "f.pth", model, "fastnet", 10)
-    back, ckpt = train.load_model(path)
+    path = engine.save_checkpoint(tmp_path / "f.pth", model, "fastnet", 10)
+    back, ckpt = engine.load_model(path)
     assert ckpt["arch"]["widths"] == [8, 16, 24] and ckpt["arch"]["convs"] == 3
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(back(x), model(x))
@@ -146,7 +147,7 @@ def test_training_learns_and_saves(tiny_splits, tmp_path, one_torch_thread):
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
     assert 0 <= result.val_acc <= 100 and 0 <= result.val_acc_mirror <= 100
-    model, ckpt = train.load_model(path)
+    model, ckpt = engine.load_model(path)
     assert ckpt["recipe"]["epochs"] == 2 and ckpt["distilled"] is False
     assert not result.model.whiten.weight.requires_grad  # whitening stays frozen in training
     assert torch.equal(model.whiten.weight, result.model.whiten.weight)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastcifar import data, env, train
+from fastcifar.core import data, engine, env
 
 FINAL = env.project_root() / "outputs" / "final_model.pt"
 BAR = 85.0
@@ -11,10 +11,10 @@ BAR = 85.0
 @pytest.mark.skipif(not FINAL.is_file(), reason="no final model committed yet (J5 on a GPU exports it)")
 def test_final_model_reaches_the_bar_on_the_full_test_set():
     cifar = data.load_cifar("cifar10")
-    model, ckpt = train.load_model(FINAL)
+    model, ckpt = engine.load_model(FINAL)
     images = data.to_tensor(cifar.test.images, "cpu", cifar.layout.mean, cifar.layout.std)
     labels = torch.as_tensor(cifar.test.labels)
-    _, acc = train.evaluate(model, images, labels, batch_size=500)
+    _, acc = engine.evaluate(model, images, labels, batch_size=500)
     print(f"final model {ckpt.get('id')} ({ckpt['model_name']}), FP32 on CPU: {acc:.2f}% on {len(labels)} test images")
     assert len(labels) == 10_000
     assert acc >= BAR

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar.fused import KERNEL_TOLERANCE, TOLERANCE, build, pack, reference
-from fastcifar.fused.samples import random_fastnet
+from fastcifar.core.kernels import KERNEL_TOLERANCE, TOLERANCE, build, pack, reference
+from fastcifar.core.kernels.samples import random_fastnet
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 on_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -101,7 +101,7 @@ def test_build_needs_cuda_and_a_known_backend():
 
 
 def test_max_block_k_takes_fewer_larger_k_steps_only_where_channels_allow():
-    from fastcifar.fused.pack import tile_sizes
+    from fastcifar.core.kernels.pack import tile_sizes
 
     assert tile_sizes(9, 512, 512)[2] == 64  # the default keeps steps of 64
     assert tile_sizes(9, 512, 512, max_block_k=256)[2] == 256
@@ -131,7 +131,7 @@ class _FakeKernel:
 
 
 def test_resources_read_each_launched_kernel():
-    from fastcifar.fused import resources, resources_text
+    from fastcifar.core.kernels import resources, resources_text
 
     fn = lambda x: x  # noqa: E731
     fn.compiled = [_FakeKernel("layer", 96, 0, 8192), None, _FakeKernel("head", 40, 16, 1024)]
@@ -181,7 +181,7 @@ def test_grid_barrier_counter_flips_only_when_all_arrived(nprog):
 def _interpret(*args: str) -> list[dict]:
     pytest.importorskip("triton")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "fastcifar.fused.interpret_check", *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "fastcifar.core.kernels.interpret_check", *args], env=env,
                           capture_output=True, text=True, timeout=600)
     lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -254,8 +254,8 @@ def test_fused_matches_fp32_model_on_cuda(backend, mirror, widths, convs):
 @on_cuda
 @pytest.mark.parametrize("backend", ["fused-layers", "fused-persistent"])
 def test_fused_runs_inside_a_cuda_graph_replayed_many_times(backend):
-    from fastcifar.optimize import Spec
-    from fastcifar.optimize import build as build_variant
+    from fastcifar.core.optimize import Spec
+    from fastcifar.core.optimize import build as build_variant
 
     model = random_fastnet((32, 64, 128), 3).cuda()
     example = torch.randn(1, 3, 32, 32, device="cuda")
@@ -286,7 +286,7 @@ class _FakeVariant:
 
 
 def test_bench_parity_measures_error_and_agreement():
-    from fastcifar.fused.bench import parity
+    from fastcifar.series.kernel_bench import parity
 
     want = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.01, 0.0], [0.0, 2.0, 5.0]])
     xs = torch.arange(3.0).view(3, 1, 1, 1)
@@ -305,7 +305,7 @@ def test_bench_parity_measures_error_and_agreement():
 def test_bench_needs_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only refusal")
-    from fastcifar.fused.bench import main
+    from fastcifar.series.kernel_bench import main
 
     assert main(["--out", str(tmp_path)]) == 2
     assert "CUDA GPU" in capsys.readouterr().err
@@ -313,7 +313,7 @@ def test_bench_needs_cuda(tmp_path, capsys):
 
 
 def test_bench_table_prints_failed_rows(capsys):
-    from fastcifar.fused.bench import print_table
+    from fastcifar.series.kernel_bench import print_table
 
     print_table([{"network": "n", "mirror": False, "path": "fused-layers graph", "status": "failed"},
                  {"network": "n", "mirror": True, "path": "p", "status": "ok", "host_p95_ms": 0.0321}])
@@ -322,7 +322,7 @@ def test_bench_table_prints_failed_rows(capsys):
 
 
 def test_bench_runs_the_persistent_kernel_last():
-    from fastcifar.fused.bench import PATHS, plan
+    from fastcifar.series.kernel_bench import PATHS, plan
 
     order = plan(["a", "b"], list(PATHS))
     assert len(order) == 2 * 2 * len(PATHS)
@@ -332,7 +332,7 @@ def test_bench_runs_the_persistent_kernel_last():
 
 
 def test_bench_tuning_rows_name_their_backend_and_knob():
-    from fastcifar.fused.bench import BLOCK_K_PATH, PROGRAMS_PATH, STAGES_PATH, TILES_PATH, plan, tuning_knob
+    from fastcifar.series.kernel_bench import BLOCK_K_PATH, PROGRAMS_PATH, STAGES_PATH, TILES_PATH, plan, tuning_knob
 
     assert tuning_knob(PROGRAMS_PATH.format(16)) == ("fused-persistent", "programs", 16)
     assert tuning_knob(BLOCK_K_PATH.format("fused-layers", 128)) == ("fused-layers", "max_block_k", 128)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcifar import bench, models, optimize
-from fastcifar.optimize import Spec
+from fastcifar.core import bench, models, optimize
+from fastcifar.core.optimize import Spec
 
 CUDA = torch.cuda.is_available()
 
@@ -206,7 +206,8 @@ def test_sweep_on_cuda_measures_every_spec():
 @on_gpu
 def test_export_from_a_cuda_model_with_mirror(tmp_path):
     pytest.importorskip("onnxruntime")
-    from fastcifar import data, export, train
+    from fastcifar import export
+    from fastcifar.core import data, engine
 
     model = with_bn_statistics(SMALL_MODELS["fastnet"]()).cuda()
     spec = Spec("fp16", cuda_graph=True, mirror=True)
@@ -214,7 +215,7 @@ def test_export_from_a_cuda_model_with_mirror(tmp_path):
                                mean=data.CIFAR10_MEAN, std=data.CIFAR10_STD, classes=[str(i) for i in range(10)])
     assert info["exported"] and info["parity_ok"] and info["mirror_in_onnx"]
     assert next(model.parameters()).is_cuda  # the caller's model stays on the GPU
-    loaded, ckpt = train.load_model(tmp_path / "final_model.pt", device="cuda")
+    loaded, ckpt = engine.load_model(tmp_path / "final_model.pt", device="cuda")
     x = torch.randn(2, 3, 32, 32, device="cuda")
     with torch.inference_mode():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)

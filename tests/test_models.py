@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fastcifar import models
+from fastcifar.core import models
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

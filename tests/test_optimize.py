@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastcifar import models, optimize
-from fastcifar.optimize import Spec, Unavailable
+from fastcifar.core import models, optimize
+from fastcifar.core.optimize import Spec, Unavailable
 
 def cuda(test):
     """A GPU test: marked `gpu` (make test-gpu) and skipped without CUDA."""
@@ -129,7 +129,7 @@ def test_result_columns_stay_numeric():
     """No "" in number columns: a skipped variant and a variant without compile time give NaN."""
     import pandas as pd
 
-    from fastcifar import bench
+    from fastcifar.core import bench
 
     model = models.build_model("shufflenet_v2")
     _, row = optimize.evaluated(model, Spec(), data(4), data(4))

@@ -4,7 +4,8 @@ import time
 import pandas as pd
 import pytest
 
-from fastcifar import bench, pipeline
+from fastcifar import pipeline
+from fastcifar.core import bench
 
 
 def test_parse_params():
@@ -58,7 +59,8 @@ from pathlib import Path
 import nbformat
 
 from conftest import signal_when_ready
-from fastcifar import atomic, notebook_params
+from fastcifar import notebook_params
+from fastcifar.core import atomic
 from fastcifar.notebook_params import ParameterError
 
 PARAMETERS = textwrap.dedent('''\

@@ -1,4 +1,5 @@
-"""fastcifar.report: decision rules, final selection, aggregation, markdown, README update, plots."""
+"""fastcifar.report (decision rules, final selection, aggregation, README update, plots) and the markdown
+tables and training curves it shares with the toolkit (fastcifar.core.tables, fastcifar.core.plots)."""
 from __future__ import annotations
 
 import matplotlib
@@ -11,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from fastcifar import report  # noqa: E402
+from fastcifar.core import plots, tables  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +122,7 @@ def test_markdown_table_format():
         "cuda_graph": [True, False],
         "notes": ["", "fused"],
     })
-    md = report.markdown_table(df, {"id": "ID", "accuracy": "Acc (%)", "lat_p95_ms": "p95 (ms)", "params": "Params",
+    md = tables.markdown_table(df, {"id": "ID", "accuracy": "Acc (%)", "lat_p95_ms": "p95 (ms)", "params": "Params",
                                     "cuda_graph": "Graph", "notes": "Notes"})
     lines = md.splitlines()
     assert md.endswith("\n")
@@ -133,20 +135,20 @@ def test_markdown_table_format():
 
 def test_markdown_table_defaults_and_digits():
     df = pd.DataFrame({"id": ["a"], "val_accuracy": [93.456], "size_mb": [2.5], "variant": ["x"]})
-    md = report.markdown_table(df, digits={"size_mb": 1})
+    md = tables.markdown_table(df, digits={"size_mb": 1})
     assert md.splitlines() == ["| id | val_accuracy | size_mb | variant |", "|---|---|---|---|",
                                "| a | 93.46 | 2.5 | x |"]
 
 
 def test_markdown_table_subset_of_columns_and_missing_column():
     df = pd.DataFrame({"id": ["a", "b"], "lat_p95_ms": [1.0, 2.0]})
-    md = report.markdown_table(df, {"lat_p95_ms": "p95", "size_mb": "Size"})
+    md = tables.markdown_table(df, {"lat_p95_ms": "p95", "size_mb": "Size"})
     assert md.splitlines() == ["| p95 | Size |", "|---|---|", "| 1.0000 |  |", "| 2.0000 |  |"]
 
 
 def test_markdown_table_integers_in_all_numeric_frame():
     df = pd.DataFrame({"params": [1234], "lat_p95_ms": [0.5]})
-    assert report.markdown_table(df).splitlines()[2] == "| 1234 | 0.5000 |"
+    assert tables.markdown_table(df).splitlines()[2] == "| 1234 | 0.5000 |"
 
 
 def test_seed_table():
@@ -244,7 +246,7 @@ def test_training_curves_writes_png(tmp_path):
                              "val_acc": 48 + 4 * e})
 
     path = tmp_path / "curves.png"
-    fig = report.training_curves({"resnet": history(5), "small": history(3)}, path)
+    fig = plots.training_curves({"resnet": history(5), "small": history(3)}, path)
     assert_png(path)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4 and len(fig.axes[1].lines) == 4
 

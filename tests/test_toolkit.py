@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from conftest import make_cifar
-from fastcifar import cli, commands, config, evaluate, grid_search, lr_finder, models, train
+from fastcifar import cli, commands, config, evaluate, grid_search, lr_finder, train
+from fastcifar.core import engine, models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def test_train_writes_checks_checkpoints_logs_and_a_repeatable_record(trained, c
     assert (record["data"]["train_images"], record["data"]["val_images"], record["data"]["test_images"]) == (300, 100, 200)
     log = pd.read_csv(trained / "model_log.csv")
     assert list(log.epoch) == [1, 2] and (log.lr == 0.002).all()  # constant schedule, lr as given
-    model, ckpt = train.load_model(trained / "model_best.pth")
+    model, ckpt = engine.load_model(trained / "model_best.pth")
     assert ckpt["num_classes"] == 100 and ckpt["arch"] == {"blocks": [1, 1, 1], "widths": [8, 16, 32]}
     assert ckpt["config"]["optimizer"] == "adam"
     assert isinstance(model, models.ResNetCustom)
@@ -109,7 +110,7 @@ def test_evaluate_reports_loss_top1_top5_per_class_and_confusion(trained, cifar1
     assert metrics["split"] == "test" and metrics["images"] == 200
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100 and "superclass_top1" in metrics
     # the same numbers from the checkpoint, computed here independently
-    model, _ = train.load_model(trained / "model_best.pth")
+    model, _ = engine.load_model(trained / "model_best.pth")
     x = torch.as_tensor(cifar100.test_data.reshape(-1, 3, 32, 32)).float() / 255
     mean, std = torch.tensor(config.data.CIFAR100_MEAN), torch.tensor(config.data.CIFAR100_STD)
     with torch.no_grad():
@@ -225,7 +226,7 @@ def test_other_user_mistakes_exit_2(tmp_path, cifar100, capsys):
 
 def test_a_checkpoint_of_another_dataset_is_refused(tmp_path, cifar100, capsys):
     path = write_config(tmp_path, cifar100)
-    ckpt = train.save_checkpoint(tmp_path / "c10.pth", models.build_model("resnet_custom", 10, blocks=[1, 1, 1],
+    ckpt = engine.save_checkpoint(tmp_path / "c10.pth", models.build_model("resnet_custom", 10, blocks=[1, 1, 1],
                                                                           widths=[4, 4, 4]), "resnet_custom", 10)
     assert evaluate.main(["--config", str(path), "--checkpoint", str(ckpt), "progress=false"]) == 2
     assert "10 classes" in one_error_line(capsys)
@@ -280,15 +281,15 @@ def test_resolved_config_round_trips_through_yaml():
 
 def test_tensorboard_missing_is_said_once_and_the_csv_log_kept(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
-    monkeypatch.setattr(train, "_TENSORBOARD_MISSING_SAID", False)
-    assert train.tensorboard_writer(tmp_path) is None and train.tensorboard_writer(tmp_path) is None
+    monkeypatch.setattr(engine, "_TENSORBOARD_MISSING_SAID", False)
+    assert engine.tensorboard_writer(tmp_path) is None and engine.tensorboard_writer(tmp_path) is None
     assert capsys.readouterr().out.count("tensorboard is not installed") == 1
-    assert train.tensorboard_writer(None) is None
+    assert engine.tensorboard_writer(None) is None
 
 
 def test_tensorboard_events_are_written_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
-    writer = train.tensorboard_writer(tmp_path)
+    writer = engine.tensorboard_writer(tmp_path)
     writer.add_scalar("train/loss", 1.0, 1)
     writer.close()
     assert list(tmp_path.glob("events.out.tfevents.*"))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fastcifar import cli, data, env
+from fastcifar import cli
+from fastcifar.core import data, env
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_YAML = ROOT / "configs" / "cifar10.yaml"

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastcifar import cli, data, env, evaluate, lr_finder, models, train
+from fastcifar import cli, evaluate, lr_finder
+from fastcifar.core import data, engine, env, models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,8 +56,8 @@ def test_reports_final_setting_is_about_4_35_million_parameters():
 
 def test_checkpoint_rebuilds_the_custom_resnet(tmp_path):
     model = models.build_model("resnet_custom", 100, blocks=[1, 2, 1], widths=[8, 16, 24])
-    path = train.save_checkpoint(tmp_path / "m.pth", model, "resnet_custom", 100)
-    loaded, ckpt = train.load_model(path)
+    path = engine.save_checkpoint(tmp_path / "m.pth", model, "resnet_custom", 100)
+    loaded, ckpt = engine.load_model(path)
     assert loaded.arch == {"blocks": [1, 2, 1], "widths": [8, 16, 24]}
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.eval()(x), loaded(x))
@@ -119,37 +120,37 @@ def small_splits(n=64):
 
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_make_optimizer(name, cls):
-    cfg = train.TrainConfig(optimizer=name, lr=0.002, batch_size=128, base_batch=128, weight_decay=1e-4)
-    opt = train.make_optimizer(Tiny().parameters(), cfg)
+    cfg = engine.TrainConfig(optimizer=name, lr=0.002, batch_size=128, base_batch=128, weight_decay=1e-4)
+    opt = engine.make_optimizer(Tiny().parameters(), cfg)
     assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.002 and opt.param_groups[0]["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="optimizer"):
-        train.TrainConfig(optimizer="rmsprop")
+        engine.TrainConfig(optimizer="rmsprop")
 
 
 def test_constant_schedule_keeps_the_rate(tmp_path, monkeypatch):
     monkeypatch.setitem(models.MODELS, "tiny", lambda num_classes=10: Tiny(num_classes))
-    cfg = train.TrainConfig(epochs=2, batch_size=16, base_batch=16, lr=0.003, optimizer="adam", schedule="constant",
+    cfg = engine.TrainConfig(epochs=2, batch_size=16, base_batch=16, lr=0.003, optimizer="adam", schedule="constant",
                             bf16=False, channels_last=False)
     assert [cfg.lr_factor(s, 100, 10) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
-    result = train.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path, "cpu", progress=False)
+    result = engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path, "cpu", progress=False)
     assert (result.history.lr == 0.003).all()
-    assert train.load_checkpoint(result.last_path)["optimizer"]["param_groups"][0]["betas"]  # Adam's state
+    assert engine.load_checkpoint(result.last_path)["optimizer"]["param_groups"][0]["betas"]  # Adam's state
 
 
 def test_checkpoints_from_before_the_optimizer_setting_still_resume(tmp_path, monkeypatch):
     monkeypatch.setitem(models.MODELS, "tiny", lambda num_classes=10: Tiny(num_classes))
-    cfg = train.TrainConfig(epochs=1, batch_size=16, bf16=False, channels_last=False)
-    train.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path, "cpu", progress=False)
+    cfg = engine.TrainConfig(epochs=1, batch_size=16, bf16=False, channels_last=False)
+    engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path, "cpu", progress=False)
     last = tmp_path / "t_last.pth"
     ckpt = torch.load(last, weights_only=True)
     del ckpt["config"]["optimizer"]  # as written before the setting existed (SGD then)
     torch.save(ckpt, last)
-    longer = train.fit(Tiny(), small_splits(), train.TrainConfig(epochs=2, batch_size=16, bf16=False,
+    longer = engine.fit(Tiny(), small_splits(), engine.TrainConfig(epochs=2, batch_size=16, bf16=False,
                                                                 channels_last=False),
                        "t", "tiny", tmp_path, "cpu", progress=False)
     assert list(longer.history.epoch) == [1, 2]
-    with pytest.raises(train.CheckpointError, match="optimizer: 'sgd' -> 'adam'"):
-        train.fit(Tiny(), small_splits(), train.TrainConfig(epochs=3, batch_size=16, bf16=False, channels_last=False,
+    with pytest.raises(engine.CheckpointError, match="optimizer: 'sgd' -> 'adam'"):
+        engine.fit(Tiny(), small_splits(), engine.TrainConfig(epochs=3, batch_size=16, bf16=False, channels_last=False,
                                                            optimizer="adam"),
                   "t", "tiny", tmp_path, "cpu", progress=False)
 
@@ -183,7 +184,7 @@ def test_lr_sweep_grows_the_rate_and_stops_on_divergence():
     torch.manual_seed(0)
     model = Tiny()
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
-    cfg = train.TrainConfig(optimizer="sgd", bf16=False)
+    cfg = engine.TrainConfig(optimizer="sgd", bf16=False)
     sweep = lr_finder.lr_sweep(model, [(x, y)] * 4, cfg, "cpu", 1e-4, 1e4, 60, progress=False)
     assert sweep.lr.is_monotonic_increasing and sweep.lr.iloc[0] == pytest.approx(1e-4)
     assert len(sweep) < 60  # a rate of 1e4 diverges long before the end

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import make_cifar, signal_when_ready
-from fastcifar import config, evaluate, grid_search, models, train
+from fastcifar import config, evaluate, grid_search, train
+from fastcifar.core import engine, models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_resume_refuses_a_folder_without_a_checkpoint_or_with_other_settings(tmp
 
 def test_a_mistake_found_before_any_output_leaves_no_run_folder(tmp_path, cifar100, capsys):
     out = tmp_path / "out"
-    ckpt = train.save_checkpoint(tmp_path / "c10.pth", models.build_model("resnet_custom", 10, blocks=[1, 1, 1],
+    ckpt = engine.save_checkpoint(tmp_path / "c10.pth", models.build_model("resnet_custom", 10, blocks=[1, 1, 1],
                                                                           widths=[4, 4, 4]), "resnet_custom", 10)
     assert evaluate.main([*base_args(cifar100, out), "--checkpoint", str(ckpt)]) == 2
     assert "10 classes" in error_line(capsys)
@@ -165,10 +166,10 @@ def test_output_dir_null_follows_the_outputs_folder(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- CPU training and evaluation
 
 def test_odd_batches_train_on_the_cpu_in_the_standard_layout(tmp_path, cifar100):
-    cfg = train.TrainConfig(channels_last=True)
-    assert not train.uses_channels_last(cfg, "cpu") and not train.uses_channels_last(
-        train.TrainConfig(channels_last=False), "cuda")
-    assert train.uses_channels_last(cfg, "cuda")
+    cfg = engine.TrainConfig(channels_last=True)
+    assert not engine.uses_channels_last(cfg, "cpu") and not engine.uses_channels_last(
+        engine.TrainConfig(channels_last=False), "cuda")
+    assert engine.uses_channels_last(cfg, "cuda")
     # some torch builds abort in backward() on odd channels_last batches on the CPU: run it in its own process
     proc = command("fastcifar.train", *base_args(cifar100, tmp_path / "out", "max_epochs=1", "batch_size=5",
                                                  "train_limit=15", "channels_last=true"))

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, config as configs, data, env, models, rundir, train
+from . import config as configs, rundir
+from .core import atomic, data, engine, env, models
 
-USER_ERRORS = (configs.ConfigError, data.DataError, train.CheckpointError, train.TrainingDiverged)
+USER_ERRORS = (configs.ConfigError, data.DataError, engine.CheckpointError, engine.TrainingDiverged)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,8 +61,8 @@ def _reopen(folder: str, command: str, config_arg: str | None, rest: list[str]) 
                                   f"{command} run that saved at least one checkpoint (every checkpoint_every epochs)")
     config = configs.load(config_arg or path / "config.yaml", configs.parse_overrides(rest))
     # Settings are checked before the folder's record is touched (fit checks the data again later).
-    ckpt = train.load_checkpoint(last)
-    differ = train.resume_mismatch(ckpt, dataclasses.asdict(configs.train_config(config)),
+    ckpt = engine.load_checkpoint(last)
+    differ = engine.resume_mismatch(ckpt, dataclasses.asdict(configs.train_config(config)),
                                    ckpt.get("data_source"), ckpt.get("train_images"))
     if differ:
         changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
@@ -190,7 +191,7 @@ def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoin
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import report, sanity
+    from .core import plots, sanity
 
     splits = load_splits(config, run)
     model = build_model(config)
@@ -206,10 +207,10 @@ def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoin
             print(f"sanity: {line}", flush=True)
         print(f"sanity: {time.perf_counter() - t0:.1f} s; sanity.json, overfit.png", flush=True)
     cfg = configs.train_config(config)
-    result = train.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=run.resuming,
+    result = engine.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=run.resuming,
                        progress=config["progress"],
                        tensorboard_dir=run.file("tensorboard") if config["tensorboard"] else None)
-    fig = report.training_curves({config["model"]: result.history}, run.file("curves.png"))
+    fig = plots.training_curves({config["model"]: result.history}, run.file("curves.png"))
     plt.close(fig)
     best = result.history.loc[result.history.val_acc.idxmax()]
     summary = {"best_val_acc": result.best_val_acc, "best_epoch": int(best.epoch),

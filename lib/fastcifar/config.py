@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import data, env, models, train
+from .core import data, engine, env, models
 
 # YAML 1.1 (PyYAML) reads `1e-4` as a string: number keys accept such strings.
 
@@ -53,14 +53,14 @@ KEYS = [
     Key("blocks", "int3", [3, 3, 3], "residual blocks per stage (resnet_custom)", minimum=1),
     Key("widths", "int3", [64, 128, 256], "channels per stage (resnet_custom)", minimum=1),
     # optimisation
-    Key("optimizer", "choice", "adam", "sgd | adam | adamw", choices=train.OPTIMIZERS),
+    Key("optimizer", "choice", "adam", "sgd | adam | adamw", choices=engine.OPTIMIZERS),
     Key("lr", "float", 0.002, "learning rate (the step size used; not scaled with the batch)", above=0),
     Key("momentum", "float", 0.9, "SGD momentum", minimum=0, below=1),
     Key("nesterov", "bool", True, "Nesterov momentum (SGD)"),
     Key("weight_decay", "float", 1e-4, "weight decay", minimum=0),
     Key("batch_size", "int", 128, "training batch size", minimum=1),
     Key("max_epochs", "int", 20, "training epochs", minimum=1),
-    Key("schedule", "choice", "constant", "learning-rate schedule", choices=train.SCHEDULES),
+    Key("schedule", "choice", "constant", "learning-rate schedule", choices=engine.SCHEDULES),
     Key("warmup_epochs", "float", 0.0, "linear warm-up (schedule warmup_cosine)", minimum=0),
     Key("label_smoothing", "float", 0.0, "label smoothing of the training loss", minimum=0, below=1),
     Key("cutout", "int", 0, "side of the cutout square in pixels (0: off)", minimum=0),
@@ -319,7 +319,7 @@ def model_arch(config: dict, model_name: str | None = None) -> dict:
     return {"blocks": list(config["blocks"]), "widths": list(config["widths"])} if name == "resnet_custom" else {}
 
 
-def train_config(config: dict, **changes) -> "train.TrainConfig":
+def train_config(config: dict, **changes) -> "engine.TrainConfig":
     """The engine's TrainConfig for this config; `lr` is the step size used, so base_batch = batch_size."""
     values = dict(epochs=config["max_epochs"], batch_size=config["batch_size"], lr=config["lr"],
                   base_batch=config["batch_size"], optimizer=config["optimizer"], momentum=config["momentum"],
@@ -328,7 +328,7 @@ def train_config(config: dict, **changes) -> "train.TrainConfig":
                   cutout=config["cutout"], bf16=config["bf16"], channels_last=config["channels_last"],
                   seed=config["seed"], checkpoint_every=config["checkpoint_every"])
     values.update(changes)
-    return train.TrainConfig(**values)
+    return engine.TrainConfig(**values)
 
 
 def to_yaml(config: dict, header: str = "") -> str:

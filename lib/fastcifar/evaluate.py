@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import atomic, commands, config as configs, models, report, train
-from .data import to_tensor
+from . import commands, config as configs
+from .core import atomic, engine, models, plots
+from .core.data import to_tensor
 
 
 @torch.inference_mode()
@@ -75,7 +76,7 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], path, title: str
                             color="black" if share[i, j] > 0.5 else "white")
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
-    report._save(fig, path)
+    plots.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -98,7 +99,7 @@ def split_differences(ckpt: dict, config: dict, train_images: int) -> list[str]:
 def body(config: dict, run, device, checkpoint=None) -> None:
     import pandas as pd
 
-    model, ckpt = train.load_model(checkpoint, device)
+    model, ckpt = engine.load_model(checkpoint, device)
     expected = configs.num_classes(config)
     if ckpt["num_classes"] != expected:
         raise configs.ConfigError(f"--checkpoint: {checkpoint} has {ckpt['num_classes']} classes but dataset "

@@ -3,7 +3,7 @@
     python -m fastcifar.grid_search --config FILE [overrides]
 
 Trains one model per point of grid_lr x grid_weight_decay x grid_blocks x grid_widths for grid_epochs
-epochs each, with everything else from the config, through the same `train.fit`. The best point is the
+epochs each, with everything else from the config, through the same `engine.fit`. The best point is the
 one with the highest VALIDATION accuracy (ties: the lower final validation loss); the test set is never
 looked at. Writes grid_results.csv (one row per point, rewritten after each point so a killed search
 keeps what it finished), grid_results.md, best_config.yaml (the config with the best point's values,
@@ -17,7 +17,8 @@ import time
 
 from tqdm import tqdm
 
-from . import atomic, commands, config as configs, models, report, train
+from . import commands, config as configs
+from .core import atomic, engine, models, plots, tables
 
 
 def check_grid(config: dict) -> None:
@@ -72,7 +73,7 @@ def grid_figure(results, histories: dict, path, title: str):
     ax_curve.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    report._save(fig, path)
+    plots.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -91,7 +92,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
         params = models.count_params(model)
         name = f"point{i:02d}"
         t0 = time.perf_counter()
-        result = train.fit(model, splits, configs.train_config(point_config), name, config["model"],
+        result = engine.fit(model, splits, configs.train_config(point_config), name, config["model"],
                            run.file("points"), device, resume=False, progress=False,
                            tensorboard_dir=run.file("tensorboard") / name if config["tensorboard"] else None)
         for weights in (result.best_path, result.last_path):  # a search keeps numbers, not weights
@@ -124,7 +125,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
                "params": "parameters", "best_val_acc": "best val acc (%)", "best_epoch": "best epoch",
                "final_val_loss": "final val loss", "final_train_acc": "final train acc (%)", "seconds": "seconds"}
     shown = ranked.assign(lr=ranked.lr.map("{:g}".format), weight_decay=ranked.weight_decay.map("{:g}".format))
-    table = report.markdown_table(shown, columns, digits={"seconds": 1})
+    table = tables.markdown_table(shown, columns, digits={"seconds": 1})
     atomic.write_text(run.file("grid_results.md"), (
         f"# Grid search: {config['model']} on {config['dataset']}, {config['grid_epochs']} epoch(s) per point\n\n"
         f"Best first, chosen on validation accuracy ({len(splits.val)} images; the test set is not used). "

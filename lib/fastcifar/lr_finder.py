@@ -26,18 +26,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import atomic, commands, config as configs, report, train
-from .data import GpuLoader
+from . import commands, config as configs
+from .core import atomic, engine, plots
+from .core.data import GpuLoader
 
 
-def lr_sweep(model: torch.nn.Module, loader, cfg: "train.TrainConfig", device, lr_min: float, lr_max: float,
+def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, lr_min: float, lr_max: float,
              steps: int, smoothing: float = 0.95, divergence: float = 4.0, progress: bool = True):
     """Loss at each learning rate of an exponential sweep -> DataFrame(step, lr, loss, smoothed)."""
     import pandas as pd
 
     device = torch.device(device)
     model.train()
-    optimizer = train.make_optimizer(model.parameters(), cfg, lr=lr_min)
+    optimizer = engine.make_optimizer(model.parameters(), cfg, lr=lr_min)
     rows, average, best = [], 0.0, math.inf
     batches = iter(loader)
     bar = tqdm(range(steps), desc="lr sweep", disable=not progress, file=sys.stdout, mininterval=2.0)
@@ -50,7 +51,7 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "train.TrainConfig", device, l
         except StopIteration:  # the training split is shorter than the sweep: next epoch
             batches = iter(loader)
             x, y = next(batches)
-        with train._autocast(device, cfg):
+        with engine._autocast(device, cfg):
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,7 +132,7 @@ def sweep_figure(sweep, suggestion: dict, path, title: str = ""):
            ylim=(suggestion["min_loss"] * 0.9, top))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    report._save(fig, path)
+    plots.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -140,7 +141,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     model = commands.build_model(config)
     print(f"model: {commands.describe_model(config, model)}", flush=True)
     cfg = configs.train_config(config)
-    channels_last = train.uses_channels_last(cfg, device)
+    channels_last = engine.uses_channels_last(cfg, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = GpuLoader(splits.train, cfg.batch_size, device, splits.mean, splits.std, train=True, cutout=cfg.cutout,
                        seed=cfg.seed, channels_last=channels_last)

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import atomic, env
+from .core import atomic, env
 from .notebook_params import ParameterError, notebook_parameters, resolve
 
 NOTEBOOKS = ["J1", "J2", "J3", "J4", "J5"]
@@ -208,7 +208,7 @@ def discard_snapshot(out_dir: Path) -> None:
 def clean_stale(out_dir: Path, data_dir: Path | None = None) -> list[str]:
     """Undo what a run killed outright left: put its snapshot back, remove temporary files under
     out_dir and half-built data folders. Returns what was done, one line each."""
-    from .data import remove_stale_work_folders
+    from .core.data import remove_stale_work_folders
 
     done = []
     if (out_dir / SNAPSHOT_DIR).exists() and restore_snapshot(out_dir):

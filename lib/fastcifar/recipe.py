@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import GpuLoader, Splits, to_tensor
-from .distill import distillation_loss
-from .models import FastNet
+from .core.data import GpuLoader, Splits, to_tensor
+from .core.distill import distillation_loss
+from .core.models import FastNet
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classe
                   progress: bool = True, name: str = "fastnet", teacher: torch.nn.Module | None = None) -> FastResult:
     """Train a FastNet of architecture `arch` ({widths, convs, ...}) with `recipe` on splits.train;
     report validation accuracy of the final weights (the recipe has no checkpoint choice to make).
-    With a `teacher` (frozen, same inputs), the loss is the distillation loss of `fastcifar.distill`."""
+    With a `teacher` (frozen, same inputs), the loss is the distillation loss of `fastcifar.core.distill`."""
     device = torch.device(device)
     torch.manual_seed(recipe.seed)
     channels_last = device.type == "cuda"
@@ -234,8 +234,8 @@ def train_and_save(splits: Splits, arch: dict, recipe: Recipe, device, path, nam
                    teacher: torch.nn.Module | None = None, progress: bool = True) -> FastResult:
     """Train (see `train_fastnet`) and save a checkpoint that `train.load_model` rebuilds, with the
     recipe, the per-epoch history and the validation accuracies beside the weights."""
-    from . import env
-    from .train import save_checkpoint
+    from .core import env
+    from .core.engine import save_checkpoint
 
     result = train_fastnet(splits, arch, recipe, device, len(splits.classes), progress, name, teacher)
     save_checkpoint(path, result.model, "fastnet", len(splits.classes), recipe=recipe.to_dict(),

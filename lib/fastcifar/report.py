@@ -1,14 +1,19 @@
-"""Tables, decision rules, final selection and plots for the notebooks."""
+"""Tables, decision rules, final selection and plots for the notebooks.
+
+The plots the toolkit draws too (`training_curves`) and `markdown_table` live in core (plots, tables);
+they are imported here so that the notebooks keep calling them as `report.<name>`.
+"""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from .core import atomic
+from .core.plots import save_figure, training_curves  # noqa: F401
+from .core.tables import markdown_table  # noqa: F401
 
 SEED_COLUMNS = {"id": "ID", "variant": "Variant", "accuracy": "Test acc. (%)", "val_accuracy": "Val acc. (%)",
                 "lat_mean_ms": "Mean lat. (ms)", "lat_p95_ms": "p95 lat. (ms)", "size_mb": "Size (MB)"}
@@ -162,7 +167,7 @@ def fastnet_curves(histories: dict, path=None):
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy (no mirror)")
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def family_status(final, bar: float, teacher_val: float, targets_ms: dict | None = None) -> list[str]:
@@ -210,7 +215,7 @@ def aggregate_runs(df):
     """One row per id from repeated runs: latency columns averaged, p95 spread across runs added."""
     import pandas as pd
 
-    from .bench import numeric_columns
+    from .core.bench import numeric_columns
 
     df = numeric_columns(df.copy())
     timing = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
@@ -228,28 +233,6 @@ def aggregate_runs(df):
 
 
 # ---------------------------------------------------------------- tables
-
-def _cell(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else ""
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(df, columns: dict[str, str] | None = None, digits: dict[str, int] | None = None) -> str:
-    """A GitHub markdown table of `df` (pandas' to_markdown needs an extra package)."""
-    columns = columns or {c: c for c in df.columns}
-    digits = digits or {}
-    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    for _, row in df.astype(object).iterrows():  # keep ints as ints
-        lines.append("| " + " | ".join(_cell(row.get(c), digits.get(c, 2 if "acc" in c else 4)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
 
 def seed_table(df, extra: dict[str, str] | None = None):
     """The sprint plan's table (ID, variant, accuracy, mean and p95 latency, size) as a DataFrame."""
@@ -282,13 +265,6 @@ def update_readme(readme: str | Path, table_md: str, tag: str = "final-table") -
 
 # ---------------------------------------------------------------- plots
 
-def _save(fig, path: str | Path | None):
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return fig
-
-
 def image_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], path=None, per_row: int = 8, title=""):
     import matplotlib.pyplot as plt
 
@@ -301,25 +277,7 @@ def image_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], path=
         ax.imshow(img)
         ax.set_title(classes[int(lab)], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
-
-
-def training_curves(histories: dict, path=None):
-    """Loss and accuracy per epoch, train against validation, one colour per run."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for i, (name, h) in enumerate(histories.items()):
-        colour = f"C{i}"
-        ax_loss.plot(h.epoch, h.train_loss, colour, ls="--", label=f"{name} train")
-        ax_loss.plot(h.epoch, h.val_loss, colour, label=f"{name} val")
-        ax_acc.plot(h.epoch, h.train_acc, colour, ls="--", label=f"{name} train")
-        ax_acc.plot(h.epoch, h.val_acc, colour, label=f"{name} val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train: augmented, with smoothing)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax_acc.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto_frontier(latency, accuracy) -> list[int]:
@@ -431,7 +389,7 @@ def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy
     ax.grid(True, which="minor", alpha=0.1)
     _place_labels(ax, list(d._lat), list(d._acc), [str(i) for i in d["id"]])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # outside: covers no point
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latency_histograms(samples: dict[str, np.ndarray], path=None):
@@ -447,7 +405,7 @@ def latency_histograms(samples: dict[str, np.ndarray], path=None):
     ax.set_xscale("log")
     ax.set(xlabel="latency per call (ms, log scale; dotted: p95)", ylabel="calls", title="Batch-1 latency distributions")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_plot(df, bar: float, path=None, floor_ms: float | None = None, chosen: dict | None = None):
@@ -487,4 +445,4 @@ def sweep_plot(df, bar: float, path=None, floor_ms: float | None = None, chosen:
            title="FastNet sweep (circles: image only; squares: image + mirror)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

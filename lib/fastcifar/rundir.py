@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic, config as configs, env
+from . import config as configs
+from .core import atomic, env
 
 
 def _plain(value):

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, bench, env, optimize, recipe, report
-from .data import DataError
-from .models import count_params, fastnet_label
+from . import recipe, report
+from .core import atomic, bench, env, optimize
+from .core.data import DataError
+from .core.models import count_params, fastnet_label
 
 SEED_BAR = 85.0
 
@@ -117,7 +118,7 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
               data_dir=None, progress: bool = True, n_val: int = 5000):
     import pandas as pd
 
-    from .data import load_cifar, make_splits
+    from .core.data import load_cifar, make_splits
 
     device = env.default_device()
     if device.type == "cuda":

@@ -1,7 +1,7 @@
 """Run the Triton kernels on the CPU under TRITON_INTERPRET=1 and compare them with the reference.
 
 Triton reads TRITON_INTERPRET when it is first imported, so this module sets it and must run in a
-fresh process: `python -m fastcifar.fused.interpret_check [--widths 16 16 32] [--convs 2] [--mirror]`.
+fresh process: `python -m fastcifar.core.kernels.interpret_check [--widths 16 16 32] [--convs 2] [--mirror]`.
 Prints one JSON line per backend ({"backend", "max_abs", "max_ref", "rel"}) and exits 1 on a mismatch.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=["fused-layers", "fused-persistent"])
     args = parser.parse_args(argv)
 
-    from fastcifar.fused import KERNEL_TOLERANCE, make_fn, pack, reference
-    from fastcifar.fused.samples import random_fastnet
+    from fastcifar.core.kernels import KERNEL_TOLERANCE, make_fn, pack, reference
+    from fastcifar.core.kernels.samples import random_fastnet
 
     model = random_fastnet(tuple(args.widths), args.convs)
     ok = True
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             refused = True
         ok &= refused
         print(json.dumps({"backend": backend, "refuses_float32": refused}), flush=True)
-    from fastcifar.fused.persistent import make_barrier_fn
+    from fastcifar.core.kernels.persistent import make_barrier_fn
 
     sync = make_barrier_fn(1, 3, "cpu")()  # one program: the barrier must let it through at once
     ok &= int(sync.item()) == 0

@@ -2,14 +2,14 @@
 
 - pack.py: the folded model's weights in kernel layout (FP16 weights, FP32 biases), activation buffers.
 - reference.py: the same computation in plain PyTorch (CPU), the kernels' specification.
-- kernels.py: Triton device code (conv tile with fused epilogue, head, grid barrier).
+- triton_tiles.py: Triton device code (conv tile with fused epilogue, head, grid barrier).
 - layers.py: backend "fused-layers", one kernel per layer plus one for the head.
 - persistent.py: backend "fused-persistent", the whole network in one launch (and a kernel of grid
   barriers only, to time the barrier alone).
 - samples.py: random FastNets for checks and benchmarks.
 - interpret_check.py: the kernels on the CPU under TRITON_INTERPRET=1 (run as a module).
-- bench.py: the GPU benchmark (`python -m fastcifar.fused.bench --out DIR`), with each fused path's
-  registers, spills and shared memory (`resources`) and tuning rows (grid size, tiling, barrier).
+The GPU benchmark (`python -m fastcifar.kernel_bench --out DIR`, in series/kernel_bench.py) reports each
+fused path's registers, spills and shared memory (`resources`) and tuning rows (grid size, tiling, barrier).
 Triton is imported only when a backend is built, so packing and the reference work without it.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """GPU benchmark of the fused FastNet backends against PyTorch, on random or trained weights.
 
-    python -m fastcifar.fused.bench --out DIR [--checkpoint PATH] [--quick]
+    python -m fastcifar.kernel_bench --out DIR [--checkpoint PATH] [--quick]
 
 For each network (random FastNets of three shapes, or the checkpoint's) and mirror off/on it checks
 parity against the FP32 model (max error relative to max |logit|, argmax agreement on random inputs),
-then times every path with fastcifar.bench.benchmark_latency: PyTorch FP16 + BN folded + CUDA graph,
+then times every path with fastcifar.core.bench.benchmark_latency: PyTorch FP16 + BN folded + CUDA graph,
 the same + compile(default), fused-layers and fused-persistent (direct and in a CUDA graph), and a
 CUDA-graph replay of one tiny kernel (the floor). A path that fails is a row with its error.
 Fused rows also give their compiled kernels' registers, spilled bytes and shared memory (max_regs,
@@ -115,9 +115,9 @@ def barrier_row(programs: int, args, device, floor_p50, env_cols) -> dict:
     """The persistent kernel's grid barrier alone: one launch of `programs` programs passing
     BARRIER_ROUNDS barriers, replayed from a CUDA graph; per_barrier_us is its p50 above the floor's,
     per barrier."""
-    from fastcifar.optimize import capture_cuda_graph
+    from fastcifar.core.optimize import capture_cuda_graph
 
-    from .persistent import make_barrier_fn
+    from ..core.kernels.persistent import make_barrier_fn
 
     row = {"network": "-", "widths": "", "convs": "", "mirror": "", "path": BARRIER_PATH.format(BARRIER_ROUNDS, programs),
            "status": "ok", "error": "", **env_cols}
@@ -142,7 +142,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def time_path(fn, x, args) -> dict:
-    from fastcifar.bench import benchmark_latency
+    from fastcifar.core.bench import benchmark_latency
 
     res = benchmark_latency(fn, x, warmup_iters=args.warmup, measure_iters=args.iters)
     row = {"host_p50_ms": res.host.p50, "host_p95_ms": res.host.p95, "host_mean_ms": res.host.mean}
@@ -180,9 +180,9 @@ def tuning_knob(path: str) -> tuple[str, str, int]:
 def tuned_variant(net: "NetworkData", mirror: bool, path: str):
     """A tuning row's variant: a fused backend replayed from a CUDA graph with one knob set, named in
     the path as "<backend> graph <knob>=<value>" (knob programs, max_block_k, target_tiles or num_stages)."""
-    from fastcifar.optimize import Spec, Variant, capture_cuda_graph
+    from fastcifar.core.optimize import Spec, Variant, capture_cuda_graph
 
-    from . import build as build_fused
+    from ..core.kernels import build as build_fused
 
     backend, name, value = tuning_knob(path)
     spec = Spec(precision="fp16", mirror=mirror, backend=backend, cuda_graph=True)
@@ -196,7 +196,7 @@ def kernel_resource_columns(variant) -> dict:
     """Registers, spills and shared memory of a fused path's compiled kernels (nothing for torch
     paths): the most registers of any kernel, all spilled bytes, the most shared memory, and each
     kernel as registers/spills/shared."""
-    from . import resources
+    from ..core.kernels import resources
 
     fn = getattr(variant.fn, "captured", variant.fn)  # a CUDA-graph replay keeps the captured fn
     rows = resources(fn)
@@ -210,7 +210,7 @@ def kernel_resource_columns(variant) -> dict:
 
 def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance, deadline, env_cols) -> dict:
     """Build, check and time one path; a failure becomes the row's status and error."""
-    from fastcifar.optimize import Spec, build
+    from fastcifar.core.optimize import Spec, build
 
     row = {"network": net.label, "widths": "/".join(map(str, net.arch.get("widths", []))),
            "convs": net.arch.get("convs"), "mirror": mirror, "path": path, "status": "ok", "error": "",
@@ -244,20 +244,20 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
 
 def networks(args):
     """(label, FP32 CUDA model) pairs: the checkpoint's, or random FastNets of SHAPES."""
-    from fastcifar.models import FastNet, fastnet_label
+    from fastcifar.core.models import FastNet, fastnet_label
 
     if args.checkpoint:
-        from fastcifar.train import CheckpointError, load_model
+        from fastcifar.core.engine import CheckpointError, load_model
 
         try:
             model, _ = load_model(args.checkpoint, device="cuda")
         except (CheckpointError, OSError) as exc:
             raise UsageError(f"cannot load --checkpoint {args.checkpoint}: {exc}") from exc
         if not isinstance(model, FastNet):
-            raise UsageError(f"--checkpoint must hold a FastNet (fastcifar.train.save_checkpoint of one), "
+            raise UsageError(f"--checkpoint must hold a FastNet (fastcifar.core.engine.save_checkpoint of one), "
                              f"got a {type(model).__name__}")
         return [(fastnet_label(model.arch) + " (checkpoint)", model)]
-    from .samples import random_fastnet
+    from ..core.kernels.samples import random_fastnet
 
     shapes = SHAPES[:1] if args.quick else SHAPES
     return [(fastnet_label({"widths": w, "convs": c}) + " (random)", random_fastnet(w, c).cuda().eval())
@@ -293,7 +293,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for fused_bench.csv and fused_bench_env.json")
-    ap.add_argument("--checkpoint", help="a FastNet checkpoint (fastcifar.train.save_checkpoint) instead of random nets")
+    ap.add_argument("--checkpoint", help="a FastNet checkpoint (fastcifar.core.engine.save_checkpoint) instead of random nets")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--parity-n", type=int, default=1000, help="random inputs for the parity check")
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
                     help="run only the paths whose name contains one of these (e.g. graph fused-layers)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("fastcifar.fused.bench times CUDA kernels: run it on a machine with a CUDA GPU.", file=sys.stderr)
+        print("fastcifar.kernel_bench times CUDA kernels: run it on a machine with a CUDA GPU.", file=sys.stderr)
         return 2
     if args.warmup < 0 or args.iters < 1 or args.parity_n < 1:
         print("--warmup must be >= 0, --iters and --parity-n >= 1.", file=sys.stderr)
@@ -324,9 +324,9 @@ def main(argv=None) -> int:
     import pandas as pd
     import triton
 
-    from fastcifar import atomic, env
+    from fastcifar.core import atomic, env
 
-    from . import TOLERANCE
+    from ..core.kernels import TOLERANCE
 
     start = time.perf_counter()
     device = torch.device("cuda")

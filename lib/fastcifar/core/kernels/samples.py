@@ -7,7 +7,7 @@ import torch
 
 def random_fastnet(widths, convs, seed=0):
     """A FastNet with random weights and non-trivial BatchNorm statistics, in eval mode (on the CPU)."""
-    from fastcifar.models import FastNet
+    from fastcifar.core.models import FastNet
 
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

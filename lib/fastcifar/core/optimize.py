@@ -23,7 +23,7 @@ from .models import count_params, size_mb
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16")
 # "torch": PyTorch modules (eager, compiled, graphed). The others are the fused FastNet kernels of
-# `fastcifar.fused`: one kernel per layer, or the whole network in one persistent kernel.
+# `fastcifar.core.kernels`: one kernel per layer, or the whole network in one persistent kernel.
 BACKENDS = ("torch", "fused-layers", "fused-persistent")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -192,13 +192,13 @@ def with_mirror(fn: Callable) -> Callable:
 
 
 def _build_fused(model: nn.Module, spec: Spec, example: torch.Tensor) -> Variant:
-    """A FastNet run by the fused kernels of `fastcifar.fused` (a GPU path)."""
+    """A FastNet run by the fused kernels of `fastcifar.core.kernels` (a GPU path)."""
     if example.device.type != "cuda":
         raise Unavailable(f"backend {spec.backend!r} runs CUDA kernels")
-    from . import fused
+    from . import kernels
 
     module = copy.deepcopy(model).eval().to(example.device)
-    fn, notes = fused.build(module, spec.backend, example, mirror=spec.mirror)
+    fn, notes = kernels.build(module, spec.backend, example, mirror=spec.mirror)
     variant = Variant(spec, fn, module, torch.float16, torch.contiguous_format, notes=list(notes))
     if spec.cuda_graph:
         variant.fn = capture_cuda_graph(fn, variant.prepare(example))

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels import conv_tile, grid_barrier, head_tile
+from .triton_tiles import conv_tile, grid_barrier, head_tile
 from .layers import check_input, head_constants
 from .pack import PackedNet
 

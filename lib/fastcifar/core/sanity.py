@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from . import report, train
+from . import engine, plots
 from .data import Splits, to_tensor
 
 
@@ -22,14 +22,14 @@ def run_checks(model: torch.nn.Module, splits: Splits, device, seed: int, overfi
                figure_path=None) -> dict:
     """Run every check on an untrained `model` (left untouched) and return their results."""
     num_classes = len(splits.classes)
-    baselines = {split: train.trivial_baselines(splits.train.labels, getattr(splits, split).labels, num_classes,
+    baselines = {split: engine.trivial_baselines(splits.train.labels, getattr(splits, split).labels, num_classes,
                                                 seed) for split in ("val", "test")}
 
     n_probe = min(512, len(splits.val))
     probe_x = to_tensor(splits.val.images[:n_probe], device, splits.mean, splits.std)
     probe_y = torch.as_tensor(splits.val.labels[:n_probe], device=device)
     probe_model = copy.deepcopy(model).to(device)
-    first_loss = train.initial_loss(probe_model, probe_x, probe_y)
+    first_loss = engine.initial_loss(probe_model, probe_x, probe_y)
     expected = math.log(num_classes)
 
     n = min(overfit_images, len(splits.train))
@@ -38,7 +38,7 @@ def run_checks(model: torch.nn.Module, splits: Splits, device, seed: int, overfi
     y = torch.as_tensor(splits.train.labels[pick], device=device)
     torch.manual_seed(seed)
     overfit_model = copy.deepcopy(model).to(device)
-    losses = train.overfit_batch(overfit_model, x, y, steps=overfit_steps, lr=overfit_lr, weight_decay=weight_decay)
+    losses = engine.overfit_batch(overfit_model, x, y, steps=overfit_steps, lr=overfit_lr, weight_decay=weight_decay)
     with torch.no_grad():
         overfit_model.train()  # the statistics of this very batch, as during the steps
         batch_acc = 100.0 * (overfit_model(x).argmax(1) == y).float().mean().item()
@@ -76,5 +76,5 @@ def overfit_figure(losses: list[float], images: int, path):
     ax.set(xlabel="step (one batch: step = epoch)", ylabel="training loss", yscale="log",
            title=f"overfit check on {images} training images")
     fig.tight_layout()
-    report._save(fig, path)
+    plots.save_figure(fig, path)
     plt.close(fig)

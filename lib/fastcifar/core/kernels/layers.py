@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels import conv_tile, head_tile
+from .triton_tiles import conv_tile, head_tile
 from .pack import ConvLayer, PackedNet
 
 _FP16 = torch.float16

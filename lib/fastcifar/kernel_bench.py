@@ -1,0 +1,7 @@
+"""`python -m fastcifar.kernel_bench --out DIR`: GPU benchmark of the fused kernels (fastcifar.series.kernel_bench)."""
+import sys
+
+from .series.kernel_bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())
