@@ -722,7 +722,7 @@ def test_sigterm_during_a_rebuild_leaves_no_work_folder(tmp_path):
     shared.mkdir()
     (shared / "make_cifar10_batches.py").write_text(SLOW_REBUILD)
     base = tmp_path / "data"
-    lib = str(Path(data.__file__).resolve().parents[1])
+    lib = str(Path(data.__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.data", "--from-shared", str(shared), "--data-dir", str(base)],
                             env={**os.environ, "PYTHONPATH": lib}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = signal_when_ready(proc, lambda: list(base.glob(".rebuild-*/cifar-10-batches-py/data_batch_1")),

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fastcifar import report
 from fastcifar.core import bench, engine, models, optimize
+from fastcifar.series import report
 
 
 def rows(*specs):

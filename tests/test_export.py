@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fastcifar import export
 from fastcifar.core import data, engine, models, optimize
+from fastcifar.series import export
 
 pytest.importorskip("onnxruntime")
 
@@ -115,7 +115,7 @@ def test_the_cards_code_runs_as_written_in_a_fresh_interpreter(tmp_path):
     export.export_final(small_fastnet(), "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
     blocks = re.findall(r"```python\n(.*?)```", (tmp_path / "final_model.md").read_text(), re.S)
     assert len(blocks) == 2
-    lib = str(Path(export.__file__).resolve().parents[1])
+    lib = str(Path(export.__file__).resolve().parents[2])
     for block in blocks:  # nothing imported beforehand but torch for x: the card's own imports must do
         script = "import torch\nx = torch.randn(3, 3, 32, 32)\n" + block + "\nassert tuple(logits.shape) == (3, 10)\n"
         proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fastcifar import recipe, sweep
 from fastcifar.core import data, engine, env, models, optimize
+from fastcifar.series import recipe, sweep
 
 
 def trained_like(model: models.FastNet, seed: int = 0) -> models.FastNet:

@@ -206,8 +206,8 @@ def test_sweep_on_cuda_measures_every_spec():
 @on_gpu
 def test_export_from_a_cuda_model_with_mirror(tmp_path):
     pytest.importorskip("onnxruntime")
-    from fastcifar import export
     from fastcifar.core import data, engine
+    from fastcifar.series import export
 
     model = with_bn_statistics(SMALL_MODELS["fastnet"]()).cuda()
     spec = Spec("fp16", cuda_graph=True, mirror=True)

@@ -4,8 +4,8 @@ import time
 import pandas as pd
 import pytest
 
-from fastcifar import pipeline
 from fastcifar.core import bench
+from fastcifar.series import pipeline
 
 
 def test_parse_params():
@@ -16,7 +16,7 @@ def test_parse_params():
 
 
 def test_every_notebook_is_found_and_has_a_parameters_cell():
-    from fastcifar.notebook_params import notebook_parameters
+    from fastcifar.series.notebook_params import notebook_parameters
 
     paths = pipeline.notebook_paths()
     assert list(paths) == pipeline.NOTEBOOKS
@@ -59,9 +59,9 @@ from pathlib import Path
 import nbformat
 
 from conftest import signal_when_ready
-from fastcifar import notebook_params
 from fastcifar.core import atomic
-from fastcifar.notebook_params import ParameterError
+from fastcifar.series import notebook_params
+from fastcifar.series.notebook_params import ParameterError
 
 PARAMETERS = textwrap.dedent('''\
     profile = "auto"
@@ -187,7 +187,7 @@ def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, si
     out = tiny_project["out"]
     out.mkdir(parents=True)
     (out / "results.csv").write_text("from the last good run\n")
-    lib = str(Path(pipeline.__file__).resolve().parents[1])
+    lib = str(Path(pipeline.__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.pipeline", "--profile", "smoke", "--only", "J1",
                              "-p", "sleep=60", "--no-progress"], env={**os.environ, "PYTHONPATH": lib},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -410,9 +410,9 @@ def alive(pid: int) -> bool:
                                            ("bar=101", "bar must be >= 0 and <= 100, got 101.0")])
 def test_the_series_parameters_are_range_checked_before_anything_runs(pair, expected):
     with pytest.raises(notebook_params.ParameterError, match=re.escape(expected)):
-        pipeline.check_params([pair], pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[2]))
+        pipeline.check_params([pair], pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[3]))
     assert pipeline.check_params(["warmup_iters=0", "runs=1"],
-                                 pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[2]))["J1"] == \
+                                 pipeline.notebook_paths(Path(pipeline.__file__).resolve().parents[3]))["J1"] == \
         {"warmup_iters": 0, "runs": 1}
 
 

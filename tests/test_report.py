@@ -1,4 +1,4 @@
-"""fastcifar.report (decision rules, final selection, aggregation, README update, plots) and the markdown
+"""fastcifar.series.report (decision rules, final selection, aggregation, README update, plots) and the markdown
 tables and training curves it shares with the toolkit (fastcifar.core.tables, fastcifar.core.plots)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from fastcifar import report  # noqa: E402
 from fastcifar.core import plots, tables  # noqa: E402
+from fastcifar.series import report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

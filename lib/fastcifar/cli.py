@@ -18,7 +18,7 @@ COMMANDS = {
     "lr_finder": ("fastcifar.lr_finder", "learning-rate sweep: smoothed loss against lr, suggested range and value"),
     "grid_search": ("fastcifar.grid_search", "lr x weight decay x blocks x widths for a few epochs, best on validation"),
     "evaluate": ("fastcifar.evaluate", "loss, top-1/top-5, per-class accuracy, confusion matrix of a checkpoint"),
-    "pipeline": ("fastcifar.pipeline", "re-execute the notebooks J1..J5 with papermill"),
+    "pipeline": ("fastcifar.series.pipeline", "re-execute the notebooks J1..J5 with papermill"),
 }
 
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .core.data import GpuLoader, Splits, to_tensor
-from .core.distill import distillation_loss
-from .core.models import FastNet
+from ..core.data import GpuLoader, Splits, to_tensor
+from ..core.distill import distillation_loss
+from ..core.models import FastNet
 
 
 @dataclass(frozen=True)
@@ -234,8 +234,8 @@ def train_and_save(splits: Splits, arch: dict, recipe: Recipe, device, path, nam
                    teacher: torch.nn.Module | None = None, progress: bool = True) -> FastResult:
     """Train (see `train_fastnet`) and save a checkpoint that `train.load_model` rebuilds, with the
     recipe, the per-epoch history and the validation accuracies beside the weights."""
-    from .core import env
-    from .core.engine import save_checkpoint
+    from ..core import env
+    from ..core.engine import save_checkpoint
 
     result = train_fastnet(splits, arch, recipe, device, len(splits.classes), progress, name, teacher)
     save_checkpoint(path, result.model, "fastnet", len(splits.classes), recipe=recipe.to_dict(),

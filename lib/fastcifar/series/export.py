@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .core import atomic
-from .core.engine import save_checkpoint
-from .core.models import arch_of, label
+from .. import __version__
+from ..core import atomic
+from ..core.engine import save_checkpoint
+from ..core.models import arch_of, label
 
 MAX_COMMIT_MB = 10.0  # larger files are not committed
 PARITY_TOLERANCE = 1e-3  # largest |ONNX - PyTorch| logit difference accepted (FP32 on the CPU)
@@ -118,7 +118,7 @@ def _figure(meta: dict, key: str, fmt: str = "{:.2f}") -> str:
 def model_card(model_name: str, arch: dict, info: dict, meta: dict, spec: dict | None, mean, std,
                classes) -> str:
     """A short markdown card of the exported model, from the values the caller passed (never invented)."""
-    from .core.optimize import Spec
+    from ..core.optimize import Spec
 
     timed = Spec.from_dict(spec).label if spec else "not given"
     lat = "; ".join(f"{name} {_figure(meta, key, '{:.4f}')} ms" for name, key in (("p95", "lat_p95_ms"), ("mean", "lat_mean_ms"))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic
-from .core.plots import save_figure, training_curves  # noqa: F401
-from .core.tables import markdown_table  # noqa: F401
+from ..core import atomic
+from ..core.plots import save_figure, training_curves  # noqa: F401
+from ..core.tables import markdown_table  # noqa: F401
 
 SEED_COLUMNS = {"id": "ID", "variant": "Variant", "accuracy": "Test acc. (%)", "val_accuracy": "Val acc. (%)",
                 "lat_mean_ms": "Mean lat. (ms)", "lat_p95_ms": "p95 lat. (ms)", "size_mb": "Size (MB)"}
@@ -215,7 +215,7 @@ def aggregate_runs(df):
     """One row per id from repeated runs: latency columns averaged, p95 spread across runs added."""
     import pandas as pd
 
-    from .core.bench import numeric_columns
+    from ..core.bench import numeric_columns
 
     df = numeric_columns(df.copy())
     timing = [c for c in df.columns if c.startswith(("lat_", "gpu_"))]
