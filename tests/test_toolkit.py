@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from conftest import make_cifar
-from fastcifar import cli, commands, config, evaluate, grid_search, lr_finder, train
+from fastcifar import cli
 from fastcifar.core import engine, models
+from fastcifar.toolkit import commands, config, evaluate, grid_search, lr_finder, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastcifar import cli, evaluate, lr_finder
+from fastcifar import cli
 from fastcifar.core import data, engine, env, models
+from fastcifar.toolkit import evaluate, lr_finder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

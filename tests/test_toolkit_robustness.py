@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import make_cifar, signal_when_ready
-from fastcifar import config, evaluate, grid_search, train
 from fastcifar.core import engine, models
+from fastcifar.toolkit import config, evaluate, grid_search, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]

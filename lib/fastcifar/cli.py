@@ -14,10 +14,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("fastcifar.train", "sanity checks, then full training from a config"),
-    "lr_finder": ("fastcifar.lr_finder", "learning-rate sweep: smoothed loss against lr, suggested range and value"),
-    "grid_search": ("fastcifar.grid_search", "lr x weight decay x blocks x widths for a few epochs, best on validation"),
-    "evaluate": ("fastcifar.evaluate", "loss, top-1/top-5, per-class accuracy, confusion matrix of a checkpoint"),
+    "train": ("fastcifar.toolkit.train", "sanity checks, then full training from a config"),
+    "lr_finder": ("fastcifar.toolkit.lr_finder", "learning-rate sweep: smoothed loss against lr, suggested range and value"),
+    "grid_search": ("fastcifar.toolkit.grid_search", "lr x weight decay x blocks x widths for a few epochs, best on validation"),
+    "evaluate": ("fastcifar.toolkit.evaluate", "loss, top-1/top-5, per-class accuracy, confusion matrix of a checkpoint"),
     "pipeline": ("fastcifar.series.pipeline", "re-execute the notebooks J1..J5 with papermill"),
 }
 

@@ -1,7 +1,7 @@
-"""`python -m fastcifar.train --config FILE [overrides]`: the train command (fastcifar.commands)."""
+"""`python -m fastcifar.train --config FILE [overrides]`: the train command (fastcifar.toolkit.train)."""
 import sys
 
-from .commands import train_main as main
+from .toolkit.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

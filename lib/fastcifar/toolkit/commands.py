@@ -1,4 +1,4 @@
-"""What the four config-driven commands share, and the `train` command itself.
+"""What the four config-driven commands share (the `train` command itself is train.py).
 
     python -m fastcifar.train       --config FILE [overrides]      (or --resume RUN_FOLDER [overrides])
     python -m fastcifar.lr_finder   --config FILE [overrides]
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import config as configs, rundir
-from .core import atomic, data, engine, env, models
+from ..core import atomic, data, engine, env, models
 
 USER_ERRORS = (configs.ConfigError, data.DataError, engine.CheckpointError, engine.TrainingDiverged)
 
@@ -181,51 +181,3 @@ def describe_model(config: dict, model: torch.nn.Module) -> str:
 
 def write_json(path: Path, payload: dict) -> Path:
     return atomic.write_text(path, json.dumps(payload, indent=2, default=rundir._plain))
-
-
-# ---------------------------------------------------------------- train
-
-def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoint=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .core import plots, sanity
-
-    splits = load_splits(config, run)
-    model = build_model(config)
-    print(f"model: {describe_model(config, model)}", flush=True)
-    run.update(parameters=models.count_params(model), arch=models.arch_of(model))
-    if config["sanity_checks"] and not run.resuming:
-        t0 = time.perf_counter()
-        checks = sanity.run_checks(model, splits, device, config["seed"], config["overfit_images"],
-                                   config["overfit_steps"], config["overfit_lr"], config["weight_decay"],
-                                   run.file("overfit.png"))
-        write_json(run.file("sanity.json"), checks)
-        for line in sanity.summary_lines(checks):
-            print(f"sanity: {line}", flush=True)
-        print(f"sanity: {time.perf_counter() - t0:.1f} s; sanity.json, overfit.png", flush=True)
-    cfg = configs.train_config(config)
-    result = engine.fit(model, splits, cfg, "model", config["model"], run.path, device, resume=run.resuming,
-                       progress=config["progress"],
-                       tensorboard_dir=run.file("tensorboard") if config["tensorboard"] else None)
-    fig = plots.training_curves({config["model"]: result.history}, run.file("curves.png"))
-    plt.close(fig)
-    best = result.history.loc[result.history.val_acc.idxmax()]
-    summary = {"best_val_acc": result.best_val_acc, "best_epoch": int(best.epoch),
-               "final": result.history.iloc[-1].to_dict(), "train_s": result.train_s,
-               "images_per_s": result.images_per_s, "best_checkpoint": str(result.best_path),
-               "log_csv": str(run.file("model_log.csv"))}
-    write_json(run.file("summary.json"), summary)
-    run.update(result=summary)
-    print(f"train: best val accuracy {result.best_val_acc:.2f}% at epoch {int(best.epoch)}/{cfg.epochs}; "
-          f"{result.train_s:.1f} s, {result.images_per_s:,.0f} img/s", flush=True)
-    print("next: python -m fastcifar.evaluate --config " + shlex.quote(str(run.file("config.yaml"))) +
-          " --checkpoint " + shlex.quote(str(result.best_path)), flush=True)
-
-
-def train_main(argv: list[str] | None = None) -> int:
-    return run_command("train", "Sanity checks, then full training with the config's settings (the same "
-                       "train.fit the notebooks use); checkpoints, CSV and TensorBoard logs, curves.",
-                       train_body, argv, resumable=True)

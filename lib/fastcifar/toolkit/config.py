@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import data, engine, env, models
+from ..core import data, engine, env, models
 
 # YAML 1.1 (PyYAML) reads `1e-4` as a string: number keys accept such strings.
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config as configs
-from .core import atomic, env
+from ..core import atomic, env
 
 
 def _plain(value):
