@@ -75,28 +75,28 @@ def final_table():
         {"id": "O4", "val_accuracy": 92.0, "accuracy": 91.5, "lat_p95_ms": 0.25},
         {"id": "F1", "val_accuracy": 87.0, "accuracy": 86.0, "lat_p95_ms": 0.09},
         {"id": "F2", "val_accuracy": 92.5, "accuracy": 92.2, "lat_p95_ms": 0.2},
-        {"id": "F1-fused", "val_accuracy": 87.0, "accuracy": 86.0, "lat_p95_ms": 0.05},
+        {"id": "F1-mega", "val_accuracy": 87.0, "accuracy": 86.0, "lat_p95_ms": 0.05},
     ])
 
 
 def test_same_run_ratios():
     out = report.same_run_ratios(final_table(), ["O4", "B2", "X9"])
-    f1 = out[out.id == "F1-fused"].iloc[0]
+    f1 = out[out.id == "F1-mega"].iloc[0]
     assert f1.x_vs_O4 == pytest.approx(5.0) and f1.x_vs_B2 == pytest.approx(40.0)
     assert out.x_vs_X9.isna().all()
 
 
 def test_family_status_lines():
-    lines = report.family_status(final_table(), 85.0, 92.0, {"F1": 0.08, "F1-fused": 0.04})
+    lines = report.family_status(final_table(), 85.0, 92.0, {"F1": 0.08, "F1-mega": 0.04})
     assert lines[0].startswith("F1: val 87.00% vs 85.00% (met)") and "target 0.080 ms (MISSED)" in lines[0]
     assert "(met)" in lines[1]  # F2: 92.5 >= the teacher's 92.0
     assert "target 0.040 ms (MISSED)" in lines[2]
-    assert lines[3] == "F2-fused: not in this table"
+    assert lines[3] == "F2-mega: not in this table"
 
 
 def test_export_choice_is_the_final_candidate():
     entries = {r: {"id": r} for r in final_table().id}
-    assert report.export_choice(final_table(), entries, 85.0)["id"] == "F1-fused"
+    assert report.export_choice(final_table(), entries, 85.0)["id"] == "F1-mega"
     assert report.export_choice(final_table(), entries, 99.0) is None
 
 

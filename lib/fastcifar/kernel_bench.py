@@ -1,4 +1,4 @@
-"""`python -m fastcifar.kernel_bench --out DIR`: GPU benchmark of the fused kernels (fastcifar.series.kernel_bench)."""
+"""`python -m fastcifar.kernel_bench --out DIR`: GPU benchmark of the megakernel (fastcifar.series.kernel_bench)."""
 import sys
 
 from .series.kernel_bench import main

@@ -9,8 +9,9 @@ stand on. Imports nothing outside core.
 - engine: the training loop, TrainConfig, checkpoints, evaluation, sanity-check helpers
 - sanity: baselines, initial loss and small-sample overfit as one call
 - bench: the batch-1 latency benchmark, launch floor, results CSV schema
+- graphs: the one CUDA-graph capture and its lean call (cudaGraphLaunch on the current stream)
 - optimize: inference variants (precision, memory format, BN folding, compile, CUDA graphs, backends)
-- kernels: the fused FastNet kernels (Triton) and their CPU reference
+- kernels: FastNet in one CUDA C++ kernel launch (the megakernel) and its CPU reference
 - plots: figures both wings draw, and save_figure
 - tables: markdown tables
 """

@@ -6,6 +6,10 @@ warm-up calls untimed, then a synchronize; each measured call is timed
   what a caller waits for, launch overhead included), and
 - on the GPU (CUDA only): a second loop with CUDA events around each call, no host clock in it.
 The host figures are the headline (`lat_*`); the event figures are reported beside them (`gpu_*`).
+
+"Synchronize" waits for the stream the call ran on (torch's current stream), for every row alike: all
+of a call's work is queued there, and waiting for the whole device (`torch.cuda.synchronize()`) costs
+several microseconds more per call on its own (J1 measures both on a graph of one tiny kernel).
 """
 from __future__ import annotations
 
@@ -143,7 +147,7 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
     device = _device_of(model, inputs)
     on_cuda = device.type == "cuda"
     if sync is None:
-        sync = (lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None)
+        sync = torch.cuda.current_stream(device).synchronize if on_cuda else (lambda: None)
     if events is None:
         events = on_cuda
     if isinstance(model, torch.nn.Module):
@@ -202,24 +206,28 @@ def stability_check(results: list[BenchResult], tolerance: float = 0.10) -> dict
             "p95_spread_pct": round(100 * spread, 2), "tolerance_pct": 100 * tolerance, "stable": spread < tolerance}
 
 
+FLOOR_EAGER = "eager tiny kernel, stream sync"
+FLOOR_GRAPH = "graph of one tiny kernel, lean call (graph launch + stream sync)"
+FLOOR_DEVICE_SYNC = "graph of one tiny kernel, replay() + torch.cuda.synchronize()"
+
+
 def launch_floor(device, warmup_iters: int = 100, measure_iters: int = 1000) -> dict[str, BenchResult]:
-    """What the GPU cannot go under at batch 1: one tiny kernel launched eagerly, and the replay of a
-    CUDA graph holding one tiny kernel. CUDA only."""
+    """What the GPU cannot go under at batch 1: one tiny kernel launched eagerly, and a CUDA graph
+    holding one tiny kernel called the way every graphed variant is (graphs.capture: graph launch on
+    the current stream, then that stream's synchronize), and the same graph the older way (replay()
+    and a device-wide synchronize), to show what the lean call saves. CUDA only."""
+    from . import graphs
+
     device = torch.device(device)
     if device.type != "cuda":
         raise RuntimeError("the launch floor is a GPU figure: it needs a CUDA device")
     x = torch.zeros(1, device=device)
     eager = benchmark_latency(lambda t: t.add_(1), x, warmup_iters, measure_iters)
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        x.add_(1)  # warm the kernel outside the capture
-    torch.cuda.current_stream(device).wait_stream(stream)
-    with torch.cuda.graph(graph):
-        x.add_(1)
-    replay = benchmark_latency(lambda t: graph.replay(), x, warmup_iters, measure_iters)
-    return {"eager tiny kernel": eager, "CUDA-graph replay of one tiny kernel": replay}
+    replay = graphs.capture(lambda t: t.add_(1), x)
+    lean = benchmark_latency(replay, replay.static_input, warmup_iters, measure_iters)
+    device_sync = benchmark_latency(lambda t: replay.graph.replay(), replay.static_input, warmup_iters,
+                                    measure_iters, sync=lambda: torch.cuda.synchronize(device))
+    return {FLOOR_EAGER: eager, FLOOR_GRAPH: lean, FLOOR_DEVICE_SYNC: device_sync}
 
 
 def kernel_profile(fn: Callable, inputs: torch.Tensor, calls: int = 20) -> dict:
@@ -301,9 +309,10 @@ def protocol_markdown(warmup_iters: int, measure_iters: int, device: str, runs: 
 | batch size | 1, input shape (1, 3, 32, 32), one CIFAR-10 test image, normalised |
 | input | prepared on the device before the loops: no host-device transfer while timing |
 | mode | `model.eval()` and `torch.inference_mode()` |
-| warm-up | {warmup_iters} untimed calls, then `torch.cuda.synchronize()` |
+| warm-up | {warmup_iters} untimed calls, then a synchronize of the stream |
 | measured calls | {measure_iters} |
-| host timing (headline `lat_*`) | `time.perf_counter()` before the call, `torch.cuda.synchronize()`, `perf_counter()` after |
+| host timing (headline `lat_*`) | `time.perf_counter()` before the call, `torch.cuda.current_stream().synchronize()`, `perf_counter()` after |
+| graphed variants | one CUDA-graph launch per call (`cudaGraphLaunch` on the current stream), the input already in the graph's buffer |
 | GPU timing (`gpu_*`) | a second loop of {measure_iters} calls between two `torch.cuda.Event`s each, one synchronize at the end |
 | statistics | mean, p50, p95, p99, std, min, max in ms |
 | precision | FP32 unless the variant says otherwise |

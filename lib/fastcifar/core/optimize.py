@@ -1,7 +1,8 @@
 """Inference variants (J4): one description -> one callable, measured and evaluated the same way.
 
 A `Spec` says: precision (fp32, fp16 by autocast, fp16 by .half()), memory format, BatchNorm folded
-into the convolution before it, torch.compile mode, and explicit CUDA-graph capture. `build` turns a
+into the convolution before it, torch.compile mode, explicit CUDA-graph capture (graphs.capture), the
+mirror, and the backend (PyTorch, or FastNet's one-launch CUDA megakernel). `build` turns a
 trained model and a Spec into a `Variant`: the callable, its input layout and the compile time
 (reported apart from latency, J4-06). When compilation fails the variant falls back to eager and
 says so (J4-09).
@@ -11,20 +12,21 @@ from __future__ import annotations
 import copy
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.fx
 from torch import nn
 
-from . import bench
+from . import bench, graphs
+from .graphs import Unavailable  # noqa: F401  (optimize.Unavailable: what callers catch)
 from .models import count_params, size_mb
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16")
-# "torch": PyTorch modules (eager, compiled, graphed). The others are the fused FastNet kernels of
-# `fastcifar.core.kernels`: one kernel per layer, or the whole network in one persistent kernel.
-BACKENDS = ("torch", "fused-layers", "fused-persistent")
+# "torch": PyTorch modules (eager, compiled, graphed). "megakernel": a FastNet in one CUDA C++ kernel
+# launch (`fastcifar.core.kernels`), from its own packed FP16 weights.
+BACKENDS = ("torch", "megakernel")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -55,9 +57,8 @@ class Spec:
     @property
     def label(self) -> str:
         parts = [self.precision.upper().replace("-AUTOCAST", " autocast")]
-        if self.backend != "torch":
-            parts.append({"fused-layers": "fused kernel per layer",
-                          "fused-persistent": "one persistent kernel"}[self.backend])
+        if self.backend == "megakernel":
+            parts.append("one-launch megakernel")
         if self.channels_last:
             parts.append("channels_last")
         if self.fold_bn:
@@ -82,13 +83,6 @@ class Spec:
     def from_dict(cls, d: dict) -> "Spec":
         return cls(**d)  # older records lack mirror/backend: the defaults apply
 
-    def but(self, **changes) -> "Spec":
-        return replace(self, **changes)
-
-
-class Unavailable(RuntimeError):
-    """This variant cannot run here (for instance a CUDA graph on a CPU)."""
-
 
 @dataclass
 class Variant:
@@ -101,10 +95,19 @@ class Variant:
     notes: list[str] = field(default_factory=list)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Input in this variant's dtype and layout; done once, before any timed loop."""
-        return x.to(dtype=self.input_dtype).contiguous(memory_format=self.memory_format)
+        """Input in this variant's dtype and layout; done once, before any timed loop. A graphed
+        variant gets it in its graph's own input buffer when the shape is the graph's (one image),
+        so that its calls launch the graph and copy nothing (see graphs.capture)."""
+        x = x.to(dtype=self.input_dtype).contiguous(memory_format=self.memory_format)
+        static = getattr(self.fn, "static_input", None)
+        if static is not None and x.shape == static.shape:
+            static.copy_(x)
+            return static
+        return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for x. A graphed or megakernel variant returns its own output buffer, which the next
+        call overwrites (no copy inside the timed call): clone what you keep."""
         return self.fn(x)
 
 
@@ -150,36 +153,6 @@ def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     return traced
 
 
-# ---------------------------------------------------------------- CUDA graphs
-
-def capture_cuda_graph(fn: Callable, example: torch.Tensor, warmup: int = 3) -> Callable:
-    """Record one call of `fn` at the example's shape; each later call copies its input into the
-    static buffer, replays the graph and returns a copy of the static output."""
-    if example.device.type != "cuda":
-        raise Unavailable("CUDA graphs need a CUDA device")
-    static_in = example.clone()
-    stream = torch.cuda.Stream(example.device)
-    stream.wait_stream(torch.cuda.current_stream(example.device))
-    with torch.inference_mode(), torch.cuda.stream(stream):
-        for _ in range(warmup):  # first calls pick kernels and allocate workspaces outside the capture
-            fn(static_in)
-    torch.cuda.current_stream(example.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        static_out = fn(static_in)
-
-    def replay(x: torch.Tensor) -> torch.Tensor:
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
-
-    replay.graph = graph
-    # The graph reads fn's buffers (weights, activations) by address: keep fn, and so everything its
-    # closure holds, alive as long as the replay is; freed and reused memory would be read silently.
-    replay.captured = fn
-    return replay
-
-
 # ---------------------------------------------------------------- building a variant
 
 def with_mirror(fn: Callable) -> Callable:
@@ -191,17 +164,23 @@ def with_mirror(fn: Callable) -> Callable:
     return mirrored
 
 
-def _build_fused(model: nn.Module, spec: Spec, example: torch.Tensor) -> Variant:
-    """A FastNet run by the fused kernels of `fastcifar.core.kernels` (a GPU path)."""
+def _build_megakernel(model: nn.Module, spec: Spec, example: torch.Tensor) -> Variant:
+    """A FastNet in one CUDA C++ kernel launch (a GPU path; Unavailable elsewhere, and where the
+    network does not fit the kernel, with the reason)."""
     if example.device.type != "cuda":
-        raise Unavailable(f"backend {spec.backend!r} runs CUDA kernels")
+        raise Unavailable(f"backend {spec.backend!r} runs a CUDA kernel")
     from . import kernels
 
     module = copy.deepcopy(model).eval().to(example.device)
-    fn, notes = kernels.build(module, spec.backend, example, mirror=spec.mirror)
-    variant = Variant(spec, fn, module, torch.float16, torch.contiguous_format, notes=list(notes))
+    try:
+        fn, notes = kernels.build(module, spec.backend, example.half(), mirror=spec.mirror)
+    except (ValueError, TypeError) as exc:  # the plan says why this network does not fit
+        raise Unavailable(str(exc)) from exc
+    variant = Variant(spec, fn, module, torch.float16, torch.contiguous_format, compile_s=fn.compile_s,
+                      notes=list(notes))
     if spec.cuda_graph:
-        variant.fn = capture_cuda_graph(fn, variant.prepare(example))
+        variant.fn = graphs.capture(fn, variant.prepare(example))
+        variant.fn.kernel = fn.kernel
     return variant
 
 
@@ -210,7 +189,7 @@ def build(model: nn.Module, spec: Spec, example: torch.Tensor, allow_compile: bo
     model's device (batch 1 for latency). Raises Unavailable when the spec cannot run here."""
     device = example.device
     if spec.backend != "torch":
-        return _build_fused(model, spec, example)
+        return _build_megakernel(model, spec, example)
     module = copy.deepcopy(model).eval().to(device)
     notes: list[str] = []
     if spec.fold_bn:
@@ -260,7 +239,7 @@ def build(model: nn.Module, spec: Spec, example: torch.Tensor, allow_compile: bo
             notes.append(f"compile failed ({last[:200]}); fell back to eager")
             torch._dynamo.reset()
     if spec.cuda_graph:
-        fn = capture_cuda_graph(fn, x)
+        fn = graphs.capture(fn, x)
     variant.fn = fn
     return variant
 

@@ -7,5 +7,5 @@ series only.
 - export: final model export (checkpoint + Spec, ONNX, parity check, model card)
 - pipeline: the papermill runner of J1..J5 (`python -m fastcifar.pipeline`)
 - notebook_params: the notebooks' parameters cells and `-p` values checked against them
-- kernel_bench: the GPU benchmark of the fused kernels (`python -m fastcifar.kernel_bench`)
+- kernel_bench: the GPU benchmark of the megakernel against PyTorch (`python -m fastcifar.kernel_bench`)
 """

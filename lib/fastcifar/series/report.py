@@ -170,11 +170,16 @@ def fastnet_curves(histories: dict, path=None):
     return save_figure(fig, path)
 
 
+# The latency-first family's rows of the final table: FastNet on PyTorch's fastest path, and the same
+# networks in one megakernel launch.
+FAMILY_ROWS = ("F1", "F2", "F1-mega", "F2-mega")
+
+
 def family_status(final, bar: float, teacher_val: float, targets_ms: dict | None = None) -> list[str]:
-    """One line per family row (F1, F2, F1-fused, F2-fused) of a final table: its accuracy bar (the seed's
+    """One line per family row (F1, F2, F1-mega, F2-mega) of a final table: its accuracy bar (the seed's
     for F1, the teacher's validation accuracy in the same run for F2) and its p95 target, each met or not."""
     lines = []
-    for rid in ("F1", "F2", "F1-fused", "F2-fused"):
+    for rid in FAMILY_ROWS:
         r = final[final["id"] == rid]
         if r.empty:
             lines.append(f"{rid}: not in this table")

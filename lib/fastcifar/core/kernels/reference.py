@@ -1,11 +1,11 @@
-"""What the fused kernels compute, in plain PyTorch (runs on the CPU).
+"""What the megakernel computes, in plain PyTorch (runs on the CPU): its specification.
 
-It reads the packed weights in their kernel layout and rounds where the kernels round: the input and
+It reads the packed weights in their kernel layout and rounds where the kernel rounds: the input and
 every stored activation are FP16, products are accumulated in FP32, the epilogue runs in FP32 in the
-kernels' order (max over the 2x2 pool window, + bias, GELU, + skip) and is stored as FP16. The head
+kernel's order (max over the 2x2 pool window, + bias, GELU, + skip) and is stored as FP16. The head
 takes the max over positions of the last FP16 activation and multiplies by the FP16 head in FP32;
 with the mirror, batch row 1 is the input flipped left-right and the two rows' logits are averaged.
-Only the order of FP32 additions differs from the kernels.
+Only the order of FP32 additions differs from the kernel.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _im2col(x: torch.Tensor, layer: ConvLayer) -> torch.Tensor:
 
 
 def conv_layer(x: torch.Tensor, layer: ConvLayer, skip: torch.Tensor | None = None) -> torch.Tensor:
-    """One fused layer on an FP16 channels-last input; returns its FP16 channels-last output."""
+    """One layer on an FP16 channels-last input; returns its FP16 channels-last output."""
     cols = _im2col(x.float(), layer)
     acc = cols @ layer.weight[: layer.k, : layer.c_out].float()  # (B, S, S, c_out), fp32
     if layer.pool:
@@ -41,7 +41,7 @@ def conv_layer(x: torch.Tensor, layer: ConvLayer, skip: torch.Tensor | None = No
 def network_input(packed: PackedNet, x: torch.Tensor) -> torch.Tensor:
     """The (1, 3, 32, 32) input as the first layer reads it: FP16, channels last, mirrored as row 1."""
     if x.shape != (1, 3, 32, 32):
-        raise ValueError(f"the fused FastNet takes one (1, 3, 32, 32) image, got {tuple(x.shape)}")
+        raise ValueError(f"the FastNet kernel takes one (1, 3, 32, 32) image, got {tuple(x.shape)}")
     x = x.to(torch.float16)
     if packed.mirror:
         x = torch.cat([x, x.flip(3)])

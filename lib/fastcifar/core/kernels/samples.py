@@ -1,5 +1,4 @@
-"""Random FastNets for checks and benchmarks (no Triton import here: importing this module must not
-change how Triton runs)."""
+"""Random FastNets for checks and benchmarks of the kernel."""
 from __future__ import annotations
 
 import torch
