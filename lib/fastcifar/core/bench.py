@@ -209,13 +209,15 @@ def stability_check(results: list[BenchResult], tolerance: float = 0.10) -> dict
 FLOOR_EAGER = "eager tiny kernel, stream sync"
 FLOOR_GRAPH = "graph of one tiny kernel, lean call (graph launch + stream sync)"
 FLOOR_DEVICE_SYNC = "graph of one tiny kernel, replay() + torch.cuda.synchronize()"
+FLOOR_EVENT = "graph of one tiny kernel, graph launch + event record + spin on query()"
 
 
 def launch_floor(device, warmup_iters: int = 100, measure_iters: int = 1000) -> dict[str, BenchResult]:
     """What the GPU cannot go under at batch 1: one tiny kernel launched eagerly, and a CUDA graph
     holding one tiny kernel called the way every graphed variant is (graphs.capture: graph launch on
     the current stream, then that stream's synchronize), and the same graph the older way (replay()
-    and a device-wide synchronize), to show what the lean call saves. CUDA only."""
+    and a device-wide synchronize), to show what the lean call saves, and with a wait that spins on an
+    event instead of the stream's synchronize (the alternative the lean call was chosen over). CUDA only."""
     from . import graphs
 
     device = torch.device(device)
@@ -227,7 +229,16 @@ def launch_floor(device, warmup_iters: int = 100, measure_iters: int = 1000) -> 
     lean = benchmark_latency(replay, replay.static_input, warmup_iters, measure_iters)
     device_sync = benchmark_latency(lambda t: replay.graph.replay(), replay.static_input, warmup_iters,
                                     measure_iters, sync=lambda: torch.cuda.synchronize(device))
-    return {FLOOR_EAGER: eager, FLOOR_GRAPH: lean, FLOOR_DEVICE_SYNC: device_sync}
+    done = torch.cuda.Event()
+
+    def launch_and_spin(t):
+        replay(t)
+        done.record()
+        while not done.query():
+            pass
+
+    event = benchmark_latency(launch_and_spin, replay.static_input, warmup_iters, measure_iters, sync=lambda: None)
+    return {FLOOR_EAGER: eager, FLOOR_GRAPH: lean, FLOOR_DEVICE_SYNC: device_sync, FLOOR_EVENT: event}
 
 
 def kernel_profile(fn: Callable, inputs: torch.Tensor, calls: int = 20) -> dict:
