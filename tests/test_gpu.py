@@ -187,7 +187,7 @@ def test_benchmark_refuses_cpu_inputs_for_a_cuda_variant_or_function():
 @on_gpu
 def test_launch_floor_on_cuda():
     floor = bench.launch_floor("cuda", warmup_iters=10, measure_iters=50)
-    assert set(floor) == {bench.FLOOR_EAGER, bench.FLOOR_GRAPH, bench.FLOOR_DEVICE_SYNC}
+    assert set(floor) == {bench.FLOOR_EAGER, bench.FLOOR_GRAPH, bench.FLOOR_DEVICE_SYNC, bench.FLOOR_EVENT}
     assert all(r.host.n == 50 and r.host.min > 0 for r in floor.values())
 
 
