@@ -387,3 +387,37 @@ def test_device_check_sees_through_torch_compile_of_a_function():
     compiled = torch.compile(_closure_over(module))  # not called: nothing is compiled here
     with pytest.raises(ValueError, match="model is on meta"):
         bench.benchmark_latency(compiled, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False)
+
+
+def _upload_and_compute_on_meta():
+    module = torch.nn.Linear(4, 2).to("meta")
+
+    def call(image):  # what an end-to-end call does: upload, compute there, bring a host result back
+        module(image.reshape(-1)[:4].float().to("meta"))
+        return 3
+    return call
+
+
+def test_end_to_end_times_a_host_input_for_a_model_on_another_device_and_says_so():
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8)  # one HWC image on the host
+    timer, _ = fake_clock([0.004, 0.004])
+    res = bench.benchmark_latency(_upload_and_compute_on_meta(), image, 1, 2, timer=timer, sync=lambda: None,
+                                  events=False, end_to_end="meta")
+    assert res.end_to_end and res.batch == 1 and res.row()["batch"] == 1
+    assert res.host.p95 == pytest.approx(4.0)
+    # the same call without end_to_end is still refused: the option is the only way past the check
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(_upload_and_compute_on_meta(), image, 1, 2, sync=lambda: None, events=False)
+    assert not bench.benchmark_latency(Probe(), torch.zeros(1, 4), 0, 1, sync=lambda: None, events=False).end_to_end
+
+
+def test_end_to_end_needs_a_host_input_a_model_on_that_device_and_a_host_result():
+    call = _upload_and_compute_on_meta()
+    with pytest.raises(ValueError, match="on the host"):
+        bench.benchmark_latency(call, torch.zeros(1, 4, device="meta"), 1, 1, sync=lambda: None, events=False,
+                                end_to_end="meta")
+    with pytest.raises(ValueError, match="model is on meta"):
+        bench.benchmark_latency(call, torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False, end_to_end="cpu")
+    with pytest.raises(ValueError, match="moves data between devices"):  # a result left on the device
+        bench.benchmark_latency(lambda x: x.to("meta"), torch.zeros(1, 4), 1, 1, sync=lambda: None, events=False,
+                                end_to_end="meta")

@@ -72,6 +72,7 @@ class BenchResult:
     batch: int
     host_samples_ms: np.ndarray = field(repr=False)
     gpu_samples_ms: np.ndarray | None = field(default=None, repr=False)
+    end_to_end: bool = False  # timed from a host input to a host result (benchmark_latency's end_to_end)
 
     def row(self) -> dict:
         """The latency columns of a results row."""
@@ -132,19 +133,40 @@ def _check_output_device(out, inputs: torch.Tensor) -> None:
                          "moves data between devices inside the call; benchmark a model that stays on one device")
 
 
+def _end_to_end_device(model, inputs: torch.Tensor, device) -> torch.device:
+    """The device an end-to-end call computes on: its input must be on the host (the call uploads it),
+    its model (when it shows a tensor) on that device."""
+    device = torch.device(device)
+    if inputs.device.type != "cpu":
+        raise ValueError(f"an end-to-end call starts from an input on the host, not on {inputs.device}")
+    tensor = _first_tensor(model)
+    if tensor is not None and tensor.device.type != device.type:
+        raise ValueError(f"end_to_end={device} but the model is on {tensor.device}")
+    return device
+
+
 def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int = 50, measure_iters: int = 500, *,
                       timer: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None,
-                      events: bool | None = None) -> BenchResult:
+                      events: bool | None = None, end_to_end=None) -> BenchResult:
     """Time `model(inputs)` call by call; see the module docstring for the protocol.
 
     `model` is an nn.Module (put in eval mode) or any callable (a compiled model, a graph replay).
     `timer` and `sync` can be replaced (tests use a fake clock); `events` defaults to "on CUDA".
+
+    `end_to_end` (a device) times another thing on purpose: a call that takes `inputs` on the host, one
+    image (batch 1), and returns its result on the host, the copies inside the timed call. The model
+    computes on that device (sync and events are its); the check that model and input share a device
+    does not apply (its result must still come back on the host), and the result says `end_to_end`:
+    label its rows "e2e", apart from the protocol's.
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor already on the device, got {type(inputs).__name__}")
     if warmup_iters < 0 or measure_iters < 1:
         raise ValueError(f"need warmup_iters >= 0 and measure_iters >= 1, got {warmup_iters}, {measure_iters}")
-    device = _device_of(model, inputs)
+    if end_to_end is not None:
+        device = _end_to_end_device(model, inputs, end_to_end)
+    else:
+        device = _device_of(model, inputs)
     on_cuda = device.type == "cuda"
     if sync is None:
         sync = torch.cuda.current_stream(device).synchronize if on_cuda else (lambda: None)
@@ -156,10 +178,13 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside the loop would show up as a latency spike (timeit does the same)
     try:
-        return _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events)
+        result = _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events)
     finally:
         if gc_was_enabled:
             gc.enable()
+    if end_to_end is not None:
+        result.batch, result.end_to_end = 1, True
+    return result
 
 
 def _timed_loops(model, inputs, warmup_iters, measure_iters, timer, sync, events) -> BenchResult:
