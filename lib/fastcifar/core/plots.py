@@ -1,5 +1,6 @@
-"""Figures both wings draw: training curves (the notebooks and the train command) and the one way every
-figure is written to disk (`save_figure`, also used by the sanity checks and the toolkit's commands)."""
+"""Figures both wings draw: training curves (the notebooks and the train command), confusion matrices
+(J5 and the evaluate command), and the one way every figure is written to disk (`save_figure`, also
+used by the sanity checks and the toolkit's commands)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,5 +27,32 @@ def training_curves(histories: dict, path=None):
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train: augmented, with smoothing)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def confusion_figure(confusion, classes: list[str], path, title: str):
+    """A confusion matrix (rows: true class, columns: predicted) coloured by the share of each true
+    class, with the counts written in when there are at most 20 classes."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    confusion = np.asarray(confusion)
+    n = len(classes)
+    rows = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
+    size = 7 if n <= 20 else 11
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    if n <= 20:
+        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=6,
+                            color="black" if share[i, j] > 0.5 else "white")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
     return save_figure(fig, path)

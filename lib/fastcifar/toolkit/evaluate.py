@@ -53,33 +53,6 @@ def metrics(logits: torch.Tensor, labels: np.ndarray, num_classes: int) -> dict:
             "confusion": confusion.numpy()}
 
 
-def confusion_figure(confusion: np.ndarray, classes: list[str], path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    rows = confusion.sum(1, keepdims=True)
-    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
-    size = 7 if n <= 20 else 11
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    if n <= 20:
-        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(n), classes, fontsize=8)
-        for i in range(n):
-            for j in range(n):
-                if confusion[i, j]:
-                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=6,
-                            color="black" if share[i, j] > 0.5 else "white")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    fig.tight_layout()
-    plots.save_figure(fig, path)
-    plt.close(fig)
-
-
 def split_differences(ckpt: dict, config: dict, train_images: int) -> list[str]:
     """Why this validation split may not be the one the checkpoint was chosen on (then it may hold images
     the model was trained on): a different seed or training-set size. Empty when nothing says so."""
@@ -142,8 +115,13 @@ def body(config: dict, run, device, checkpoint=None) -> None:
         predicted = logits.argmax(1).numpy()
         summary["superclass_top1"] = 100.0 * float(np.mean(fine_to_coarse[predicted] == split.coarse_labels))
     commands.write_json(run.file("metrics.json"), summary)
-    confusion_figure(confusion, classes, run.file("confusion_matrix.png"),
-                     f"{config['dataset']} {config['eval_split']}: top-1 {summary['top1']:.2f}%")
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command draws without a display
+    import matplotlib.pyplot as plt
+
+    plt.close(plots.confusion_figure(confusion, classes, run.file("confusion_matrix.png"),
+                                     f"{config['dataset']} {config['eval_split']}: top-1 {summary['top1']:.2f}%"))
     run.update(result=summary)
     print(f"evaluate ({config['eval_split']}, {summary['images']} images): loss {summary['loss']:.4f}, top-1 "
           f"{summary['top1']:.2f}%, top-5 {summary['top5']:.2f}%"
