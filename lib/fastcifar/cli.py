@@ -5,6 +5,7 @@
     fastcifar grid_search --config FILE [overrides]
     fastcifar evaluate    --config FILE --checkpoint PATH [overrides]
     fastcifar pipeline    [--profile ...] [--only J1 ...]   (the notebook series)
+    fastcifar predict     IMAGE_OR_FOLDER... [--model PATH] [--top K] [--json]   (the final model on images)
 
 Also `python -m fastcifar ...` without installing. Dashes and underscores are the same in command names.
 """
@@ -19,6 +20,7 @@ COMMANDS = {
     "grid_search": ("fastcifar.toolkit.grid_search", "lr x weight decay x blocks x widths for a few epochs, best on validation"),
     "evaluate": ("fastcifar.toolkit.evaluate", "loss, top-1/top-5, per-class accuracy, confusion matrix of a checkpoint"),
     "pipeline": ("fastcifar.series.pipeline", "re-execute the notebooks J1..J5 with papermill"),
+    "predict": ("fastcifar.series.predict", "classify image files or folders with the final model"),
 }
 
 
