@@ -97,6 +97,7 @@ def test_model_card_shows_what_was_given_and_nothing_else(tmp_path):
     assert "test accuracy (%) | not given" in card  # not passed: not invented
     assert "mean [0.4914, 0.4822, 0.4465]" in card and "1 car" in card and "flip test-time augmentation" in card
     assert "load_model" in card and "InferenceSession" in card
+    assert "Predictor.load" in card and "fastcifar predict" in card
 
 
 def test_export_leaves_the_callers_model_as_it_was(tmp_path):
@@ -112,12 +113,18 @@ def test_the_cards_code_runs_as_written_in_a_fresh_interpreter(tmp_path):
     import sys
     from pathlib import Path
 
+    from PIL import Image
+
     export.export_final(small_fastnet(), "fastnet", 10, tmp_path, torch.randn(2, 3, 32, 32))
-    blocks = re.findall(r"```python\n(.*?)```", (tmp_path / "final_model.md").read_text(), re.S)
-    assert len(blocks) == 2
+    card = (tmp_path / "final_model.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(blocks) == 3 and "fastcifar predict image.png" in card
+    Image.new("RGB", (48, 40), (200, 30, 90)).save(tmp_path / "image.png")  # the predictor's example file
     lib = str(Path(export.__file__).resolve().parents[2])
     for block in blocks:  # nothing imported beforehand but torch for x: the card's own imports must do
-        script = "import torch\nx = torch.randn(3, 3, 32, 32)\n" + block + "\nassert tuple(logits.shape) == (3, 10)\n"
+        check = ("assert prediction.class_id in range(10) and prediction.name" if "Predictor" in block
+                 else "assert tuple(logits.shape) == (3, 10)")
+        script = "import torch\nx = torch.randn(3, 3, 32, 32)\n" + block + "\n" + check + "\n"
         proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": lib}, timeout=120)
         assert proc.returncode == 0, proc.stderr[-1500:]

@@ -163,6 +163,21 @@ import onnxruntime
 session = onnxruntime.InferenceSession("final_model.onnx")
 logits = session.run(None, {{"image": x.numpy()}})[0]
 ```
+
+Classify images as they come (a file, a PIL image or a uint8 HxWx3 RGB array, any size: resized to
+32x32), with the variant above in one CUDA graph on a GPU, else in FP32 on the CPU:
+
+```python
+from fastcifar.series.predict import Predictor
+predictor = Predictor.load("final_model.pt")
+prediction = predictor("image.png")  # .name, .probability, .probabilities, .top(3)
+```
+
+or from the command line (one line per image, then the model's time per image; `--json` for JSON lines):
+
+```bash
+fastcifar predict image.png photos/ --model final_model.pt --top 3
+```
 """
 
 
