@@ -70,6 +70,7 @@ PARAMETERS = textwrap.dedent('''\
     fail = False
     crash = False
     sleep = 0.0
+    release = ""
     name = "x"
 ''')
 # Writes a results CSV first, then fails or sleeps when asked: what a real notebook does in between.
@@ -93,7 +94,9 @@ TINY_README = "# tiny\n<!-- final-table:start -->\n{table}<!-- final-table:end -
 FAILS = ('if crash:  # the kernel process dies, as in a segfault, after a word on its own stderr\n'
          '    os.write(2, b"native crash message\\n")\n'
          '    os._exit(1)\n'
-         'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n')
+         'if fail:\n    raise ValueError("boom in the tiny notebook")\ntime.sleep(sleep)\n'
+         'while release and not os.path.exists(release):  # holds the run open until the test says so\n'
+         '    time.sleep(0.05)\n')
 
 
 def tiny_notebook(path: Path, parameters: str = PARAMETERS) -> Path:
@@ -452,3 +455,126 @@ def test_a_dead_kernel_is_one_line_and_its_own_messages_are_kept(tiny_project, c
     assert not list((out / "notebooks").glob(".*")) and not (out / pipeline.SNAPSHOT_DIR).exists()
     pipeline.run("smoke", ["J1"], progress=False)  # a later success removes the old log
     assert not log.exists() and not list((out / "notebooks").glob(".*kernel.log"))
+
+
+# ---------------------------------------------------------------- two runs at once
+
+def start_pipeline(*argv: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    lib = str(Path(pipeline.__file__).resolve().parents[2])
+    return subprocess.Popen([sys.executable, "-m", "fastcifar.pipeline", "--profile", "smoke", "--no-progress", *argv],
+                            env={**os.environ, "PYTHONPATH": lib}, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc, wait_s: float = 120):
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_the_same_outputs_is_refused_and_the_first_keeps_its_results(tiny_project, capsys):
+    out = tiny_project["out"]
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "results.csv").write_text("from the last good run\n")
+    (out / "checkpoints" / "model.pth").write_text("old weights")
+    release = tiny_project["data"] / "release"
+    first = start_pipeline("--only", "J3", "-p", "epochs=5", "-p", f"release={release}")
+    try:
+        wait_for((out / "started").exists, first)  # J3 has written its new results and checkpoint
+        assert pipeline.main(["--profile", "smoke", "--only", "J1", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err
+        assert f"in use by another run: pid {first.pid}" in err and "--only J3" in err and "--wait" in err
+        # the first run's snapshot and new results are as it left them
+        assert (out / pipeline.SNAPSHOT_DIR / "manifest.json").is_file()
+        assert (out / "results.csv").read_text() == "epochs,name\n5,x\n"
+        release.write_text("")
+        _, first_err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, first_err
+    assert (out / "results.csv").read_text() == "epochs,name\n5,x\n"
+    assert (out / "checkpoints" / "model.pth").read_text() == "weights after 5 epochs"
+    assert (out / "notebooks" / "J3_tiny.ipynb").is_file() and not (out / "notebooks" / "J1_tiny.ipynb").exists()
+    assert not (out / pipeline.SNAPSHOT_DIR).exists() and not (out / pipeline.LOCK_NAME).exists()
+
+
+def test_wait_runs_after_the_first_run_ends(tiny_project, tmp_path):
+    out = tiny_project["out"]
+    release = tiny_project["data"] / "release"
+    first = start_pipeline("--only", "J3", "-p", "epochs=5", "-p", f"release={release}")
+    second_log = tmp_path / "second.out"
+    try:
+        wait_for((out / "started").exists, first)
+        with open(second_log, "w") as log:
+            second = start_pipeline("--wait", "--only", "J2", "-p", "epochs=7", stdout=log)
+        try:
+            wait_for(lambda: "[pipeline] waiting for pid" in second_log.read_text(), second)
+            assert f"pid {first.pid}" in second_log.read_text() and not (out / "notebooks" / "J2_tiny.ipynb").exists()
+            release.write_text("")
+            assert first.wait(timeout=120) == 0
+            _, second_err = second.communicate(timeout=120)
+            assert second.returncode == 0, second_err
+        finally:
+            if second.poll() is None:
+                second.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (out / "notebooks" / "J3_tiny.ipynb").is_file() and (out / "notebooks" / "J2_tiny.ipynb").is_file()
+    assert (out / "results.csv").read_text() == "epochs,name\n7,x\n"  # the second ran after the first
+
+
+def test_the_lock_of_a_run_killed_outright_is_taken_over_and_its_snapshot_put_back(tiny_project, capsys):
+    from dataclasses import asdict, replace
+
+    from fastcifar.core import lock
+
+    out = tiny_project["out"]
+    out.mkdir(parents=True)
+    (out / "results.csv").write_text("good\n")
+    pipeline.take_snapshot(out)
+    (out / "results.csv").write_text("half of a killed run\n")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / pipeline.LOCK_NAME).write_text(json.dumps(asdict(replace(
+        lock.this_process("python -m fastcifar.pipeline --only J4"), pid=gone.pid))))
+    with pytest.raises(pipeline.NotebookFailed):  # the new run fails: its results are put back to the good ones
+        pipeline.run("smoke", ["J4"], ["fail=True"], progress=False)
+    said = capsys.readouterr().out
+    assert f"took over the lock of pid {gone.pid}" in said and "put back" in said
+    assert "SMOKE PROFILE" in said and "CPU timings, not GPU latency" in said  # said on the terminal too
+    assert (out / "results.csv").read_text() == "good\n" and not (out / pipeline.LOCK_NAME).exists()
+
+
+def test_the_start_up_clean_up_leaves_a_live_toolkit_run_alone(tmp_path):
+    """A `train` writing under the outputs folder while the pipeline cleans up after a killed run."""
+    from conftest import make_cifar
+
+    out = tmp_path / "outputs"
+    data = make_cifar(tmp_path / "data", "cifar100", per_file=400)
+    lib = Path(pipeline.__file__).resolve().parents[2]
+    train = subprocess.Popen([sys.executable, "-m", "fastcifar.train", "--config",
+                              str(lib.parent / "configs" / "cifar100.yaml"), f"data_dir={data.base}",
+                              f"output_dir={out / 'toolkit'}", "val_size=100", "blocks=[1,1,1]", "widths=[4,8,16]",
+                              "batch_size=64", "device=cpu", "progress=false", "sanity_checks=false",
+                              "tensorboard=false", "max_epochs=400", "checkpoint_every=1"],
+                             env={**os.environ, "PYTHONPATH": str(lib), "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        runs = lambda: list((out / "toolkit" / "cifar100").glob("train-*/model_last.pth"))
+        wait_for(runs, train)
+        writing = runs()[0].parent / ".model_last.pth.abcd1234.tmp.pth"  # what a save in progress looks like
+        writing.write_bytes(b"half")
+        own = out / "figures" / ".j1.png.abcd1234.tmp.png"  # one of the pipeline's own, left by a killed run
+        own.parent.mkdir(parents=True)
+        own.write_bytes(b"half")
+        done = pipeline.clean_stale(out)
+        assert writing.exists() and train.poll() is None and not own.exists() and done == [f"removed {own}"]
+        train.send_signal(signal.SIGTERM)
+        _, err = train.communicate(timeout=60)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 143, err

@@ -14,13 +14,14 @@ import pickle
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import atomic, env
+from . import atomic, env, lock
 
 # J1 card 2 gives these for CIFAR-10 (per-pixel std); the CIFAR-100 report gives its own.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -93,9 +94,14 @@ class Cifar:
         return self.layout.num_classes
 
 
+def download_command(name: str) -> str:
+    """The command that fetches dataset `name` (the official archive; needs internet)."""
+    return f"python -m fastcifar.data --download {name}"
+
+
 def _how_to_get(name: str, folder: Path) -> str:
     rebuild = "Get it with `make data` (rebuilds CIFAR-10 from ../shared/data), or " if name == "cifar10" else "Get it "
-    return (f"{rebuild}with `python -m fastcifar.data --download {name}` on a machine that is online, or point "
+    return (f"{rebuild}with `{download_command(name)}` on a machine that is online, or point "
             f"${env.DATA_ENV} at the folder that contains {folder.name}/.")
 
 
@@ -243,7 +249,7 @@ def download_cifar(name: str, data_dir: str | os.PathLike | None = None) -> Path
     made = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(dir=base, prefix=".download-") as tmp:
+        with _data_lock(base), tempfile.TemporaryDirectory(dir=base, prefix=".download-") as tmp:
             try:
                 download_and_extract_archive(cls.url, download_root=tmp, filename=cls.filename, md5=cls.tgz_md5)
             except Exception as exc:  # network errors come in many types
@@ -432,12 +438,38 @@ def stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith(WORK_FOLDER_PREFIXES))
 
 
-def remove_stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Remove what `stale_work_folders` finds (one rebuild or download at a time per data folder)."""
-    stale = stale_work_folders(data_dir)
+DATA_LOCK = ".data.lock"
+
+
+@contextmanager
+def _data_lock(base: Path):
+    """One rebuild or download at a time per data folder (core.lock): its work folder is then never
+    taken for one left by a killed run."""
+    try:
+        with lock.held(base / DATA_LOCK):
+            yield
+    except lock.Busy as exc:
+        raise DataError(str(exc)) from None
+
+
+def _remove_work_folders(base: Path) -> list[Path]:
+    stale = stale_work_folders(base)
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return stale
+
+
+def remove_stale_work_folders(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove what `stale_work_folders` finds, unless a rebuild or download is running there now (its
+    lock is live): then they are its own, and nothing is removed."""
+    base = env.data_dir(data_dir)
+    if not base.is_dir():
+        return []
+    try:
+        with lock.held(base / DATA_LOCK):
+            return _remove_work_folders(base)
+    except lock.Busy:
+        return []
 
 
 def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
@@ -450,13 +482,14 @@ def rebuild_from_shared(shared_data: str | os.PathLike, data_dir: str | os.PathL
         raise DataError(f"no {script}: cannot rebuild CIFAR-10 without the shared JPEG copy")
     base = env.data_dir(data_dir)
     base.mkdir(parents=True, exist_ok=True)
-    remove_stale_work_folders(base)
-    with tempfile.TemporaryDirectory(dir=base, prefix=".rebuild-") as tmp:
-        subprocess.run([sys.executable, str(script), tmp], check=True, stdout=subprocess.DEVNULL)
-        target = base / LAYOUTS["cifar10"].folder
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(Path(tmp) / LAYOUTS["cifar10"].folder, target)
+    with _data_lock(base):
+        _remove_work_folders(base)  # this run holds the folder: a work folder there now is a killed run's
+        with tempfile.TemporaryDirectory(dir=base, prefix=".rebuild-") as tmp:
+            subprocess.run([sys.executable, str(script), tmp], check=True, stdout=subprocess.DEVNULL)
+            target = base / LAYOUTS["cifar10"].folder
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(Path(tmp) / LAYOUTS["cifar10"].folder, target)
     return target
 
 

@@ -17,6 +17,12 @@ final-table block (J5 rewrites it) are snapshotted before each notebook and put 
 fails or the run is stopped (Ctrl-C, SIGTERM), so they always match the executed notebooks that are
 kept. A run killed outright (SIGKILL) leaves the snapshot and temporary files; the next start puts
 the snapshot back and removes the temporaries, and the data folder's half-built `.rebuild-*` folders.
+
+One run at a time per output folder: a run holds `<output folder>/.pipeline.lock` (pid, host, start time,
+command) from before its clean-up to its end. A second run is refused in one line naming the first (exit
+2), or waits for it with --wait; a lock whose process is gone is taken over. The clean-up touches only
+what the pipeline owns: the snapshot, and temporary files among the results files and notebooks/ (never
+the toolkit's run folders or other subfolders).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,11 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..core import atomic, env
+from ..core import atomic, env, lock
 from .notebook_params import ParameterError, notebook_parameters, resolve
 
 NOTEBOOKS = ["J1", "J2", "J3", "J4", "J5"]
 SNAPSHOT_DIR = ".pipeline-snapshot"
+LOCK_NAME = ".pipeline.lock"
 FAILED_SUFFIX = ".failed.ipynb"
 KERNEL_LOG_SUFFIX = ".kernel.log"
 
@@ -205,15 +213,26 @@ def discard_snapshot(out_dir: Path) -> None:
     shutil.rmtree(out_dir / SNAPSHOT_DIR, ignore_errors=True)
 
 
+def owned_temporaries(out_dir: Path) -> list[Path]:
+    """Temporary files among what the pipeline writes: the output folder's top-level files, its results
+    folders and notebooks/. Other subfolders (the toolkit's runs, the sweep's, smoke/ beside the full
+    profile's results) belong to other commands, which clean their own."""
+    found = atomic.stale_temporaries(out_dir, recursive=False)
+    for folder in (*RESULT_FOLDERS, "notebooks"):
+        found += atomic.stale_temporaries(out_dir / folder)
+    return found
+
+
 def clean_stale(out_dir: Path, data_dir: Path | None = None) -> list[str]:
-    """Undo what a run killed outright left: put its snapshot back, remove temporary files under
-    out_dir and half-built data folders. Returns what was done, one line each."""
+    """Undo what a run killed outright left: put its snapshot back, remove its temporary files
+    (`owned_temporaries`) and half-built data folders. Returns what was done, one line each. Only for a
+    run that holds the output folder's lock (`run` does): then no other run is using what it removes."""
     from ..core.data import remove_stale_work_folders
 
     done = []
     if (out_dir / SNAPSHOT_DIR).exists() and restore_snapshot(out_dir):
         done.append(f"results in {out_dir} put back as they were before an interrupted notebook")
-    for tmp in atomic.stale_temporaries(out_dir):
+    for tmp in owned_temporaries(out_dir):
         tmp.unlink(missing_ok=True)
         done.append(f"removed {tmp}")
     notebooks = out_dir / "notebooks"
@@ -235,13 +254,12 @@ def _failure_message(nb: str, kept: Path, exc) -> str:
 
 
 def run(profile: str = "auto", only: list[str] | None = None, params=None, progress: bool = True,
-        paths: dict[str, Path] | None = None) -> list[dict]:
+        paths: dict[str, Path] | None = None, wait: bool = False, command: str | None = None) -> list[dict]:
     """Run the selected notebooks in order. `params`: `-p` texts, or a dict {name or NB.name: value}.
+    Another run on the same output folder raises lock.Busy before anything is touched, or with `wait`
+    is waited for; `command` is how this run is named to such a second run.
 
-    Raises ParameterError (a user mistake, before anything runs) or NotebookFailed."""
-    import papermill as pm
-    from nbclient.exceptions import DeadKernelError
-
+    Raises ParameterError (a user mistake, before anything runs), lock.Busy or NotebookFailed."""
     selected = list(only or NOTEBOOKS)
     unknown = [nb for nb in selected if nb not in NOTEBOOKS]
     if unknown:
@@ -258,6 +276,22 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
     except OSError as exc:
         raise OutputsNotWritable(f"cannot write to {out_dir} ({exc.strerror or exc}); expected a writable outputs "
                                  f"folder: set ${env.OUTPUTS_ENV} to one") from None
+    said = lambda holder: print(f"[pipeline] waiting for {holder.describe()} to finish with {out_base}", flush=True)
+    with lock.held(out_base / LOCK_NAME, command, wait=wait, on_wait=said, hint=", or pass --wait") as stale:
+        if stale is not None:
+            print(f"[pipeline] took over the lock of {stale.describe()}, which is gone", flush=True)
+        if prof.is_smoke:  # said on the terminal too, not only inside the executed notebooks
+            cpu = env.default_device().type != "cuda"
+            print(f"[pipeline] SMOKE PROFILE{': no CUDA GPU here' if cpu else ''}; small subsets, {prof.max_epochs} "
+                  f"epoch(s), {'CPU timings, not GPU latency' if cpu else 'timings of a smoke run'}; rows marked "
+                  f"profile=smoke, results in {out_base}", flush=True)
+        return _run_locked(prof, selected, paths, values, progress, root, out_base, out_dir)
+
+
+def _run_locked(prof, selected, paths, values, progress, root, out_base, out_dir) -> list[dict]:
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
     for line in clean_stale(out_base, env.data_dir()):
         print(f"[pipeline] {line}", flush=True)
     timings = []
@@ -286,7 +320,7 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
         except BaseException as exc:
             end_kernels()  # nothing writes any more: what the kernel left half-written is dead temporaries
             restore_snapshot(out_base)
-            for stale in atomic.stale_temporaries(out_base):
+            for stale in owned_temporaries(out_base):
                 stale.unlink(missing_ok=True)
             # Kept when the kernel died or something unforeseen failed: a crash's own messages are there.
             # A cell's error is in the executed copy, and a stop only leaves complaints about closed sockets.
@@ -324,11 +358,15 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="[NB.]NAME=VALUE",
                     help="notebook parameter: to every selected notebook that has it, or to NB only")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--wait", action="store_true",
+                    help="when another run uses the same outputs folder, wait for it to end (default: refuse)")
     args = ap.parse_args(argv)
+    command = shlex.join(["python", "-m", "fastcifar.pipeline", *(sys.argv[1:] if argv is None else argv)])
     try:
         with atomic.signals_raise():
-            run(args.profile, args.only, args.param, progress=not args.no_progress)
-    except (ParameterError, env.ProfileError, FileNotFoundError, OutputsNotWritable) as exc:  # FileNotFoundError: no project or notebook
+            run(args.profile, args.only, args.param, progress=not args.no_progress, wait=args.wait, command=command)
+    except (ParameterError, env.ProfileError, FileNotFoundError, OutputsNotWritable,
+            lock.Busy) as exc:  # FileNotFoundError: no project or notebook
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
     except NotebookFailed as exc:
