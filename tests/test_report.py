@@ -330,3 +330,63 @@ def test_pareto_plot_marks_the_launch_floor_and_uses_the_accuracy_column():
     assert b2.xy[1] == pytest.approx(93.0)  # plotted at its validation accuracy
     without = report.pareto_plot(crowded(), bar=85.0).axes[0].get_legend_handles_labels()[1]
     assert not any(label.startswith("launch floor") for label in without)
+
+
+# ---------------------------------------------------------------- what the figures say
+
+def test_training_curves_name_the_smoothing_they_had_and_mark_whole_epochs():
+    def history(n, smoothing=None):
+        e = np.arange(1, n + 1)
+        h = pd.DataFrame({"epoch": e, "train_loss": 2 / e, "val_loss": 2.2 / e, "train_acc": 50 + 4 * e,
+                          "val_acc": 48 + 4 * e})
+        if smoothing is not None:
+            h.attrs["label_smoothing"] = smoothing  # as engine.fit records it
+        return h
+
+    plain = plots.training_curves({"run": history(2, 0.0)})
+    ax_loss, ax_acc = plain.axes
+    assert "smoothing" not in ax_loss.get_title()
+    assert ax_loss.get_legend() is not None and ax_acc.get_legend() is not None
+    plain.canvas.draw()
+    for ax in (ax_loss, ax_acc):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks  # no epoch 1.25
+    assert "label smoothing 0.1" in plots.training_curves({"run": history(3, 0.1)}).axes[0].get_title()
+    assert "label smoothing 0.2" in plots.training_curves({"run": history(3)}, label_smoothing=0.2).axes[0].get_title()
+
+
+def smoke_rows() -> pd.DataFrame:
+    """A smoke run's final table: CPU timings close together, accuracies near chance, far below the bar."""
+    ids = ["B1", "B2", "O1", "O2", "O3", "O4", "D1", "F1", "F2", "F1-mega", "F2-mega"]
+    return pd.DataFrame({"id": ids, "accuracy": [10.5, 10.2, 11.0, 9.4, 9.8, 10.2, 9.4, 9.4, 10.2, 10.2, 9.4],
+                         "lat_p95_ms": [7.4, 5.0, 9.9, 5.0, 6.5, 5.1, 6.0, 4.1, 4.6, 9.6, 4.8],
+                         "profile": "smoke", "device_name": "cpu (x86_64, 2 threads)"})
+
+
+def test_a_smoke_pareto_plot_says_so_and_its_labels_stay_apart():
+    fig = report.pareto_plot(smoke_rows(), bar=85.0)
+    ax = fig.axes[0]
+    assert "smoke profile: CPU timings, not GPU latency" in ax.get_title()
+    assert ax.get_ylim()[1] < 20  # the points are spread over the axis, not pressed under a bar at 85%
+    assert "bar 85% (far above)" in ax.get_legend_handles_labels()[1]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if t.get_text() in set(smoke_rows().id)}
+    assert len(boxes) == 11
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].padded(1).overlaps(boxes[b]), (a, b)  # apart, not merely touching ("F2B2")
+    assert "smoke" not in report.pareto_plot(crowded(), bar=85.0).axes[0].get_title()
+
+
+def test_a_narrow_latency_histogram_has_readable_ticks():
+    rng = np.random.default_rng(0)
+    fig = report.latency_histograms({f"run {k}": rng.uniform(0.8, 1.4, 20) for k in (1, 2, 3)})
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert len(shown) >= 3 and all("^" not in t and "times" not in t for t in shown), shown  # plain ms, not 10^x
+    counts = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert all(float(t).is_integer() for t in counts), counts  # calls are whole

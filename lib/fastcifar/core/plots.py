@@ -13,8 +13,17 @@ def save_figure(fig, path: str | Path | None):
     return fig
 
 
-def training_curves(histories: dict, path=None):
-    """Loss and accuracy per epoch, train against validation, one colour per run."""
+def integer_epochs(ax) -> None:
+    """Whole epochs on the x axis (a short run would otherwise get ticks at 1.25, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def training_curves(histories: dict, path=None, label_smoothing: float | None = None):
+    """Loss and accuracy per epoch, train against validation, one colour per run. The loss panel's title
+    names the label smoothing of the training loss when it is not 0: `label_smoothing`, else what the
+    histories record (engine.fit puts it in a history's `attrs`)."""
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -24,9 +33,15 @@ def training_curves(histories: dict, path=None):
         ax_loss.plot(h.epoch, h.val_loss, colour, label=f"{name} val")
         ax_acc.plot(h.epoch, h.train_acc, colour, ls="--", label=f"{name} train")
         ax_acc.plot(h.epoch, h.val_acc, colour, label=f"{name} val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train: augmented, with smoothing)")
+    if label_smoothing is None:
+        recorded = {getattr(h, "attrs", {}).get("label_smoothing") for h in histories.values()}
+        label_smoothing = recorded.pop() if len(recorded) == 1 else None
+    smoothing = f", label smoothing {label_smoothing:g}" if label_smoothing else ""
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"loss (train: augmented{smoothing})")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax_acc.legend(fontsize=7)
+    for ax in (ax_loss, ax_acc):
+        integer_epochs(ax)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -302,6 +302,30 @@ def _plain_ms(value, _pos=None) -> str:
     return f"{value:g}"
 
 
+def log_ms_axis(ax, lo: float, hi: float) -> None:
+    """A log x axis over [lo, hi] ms with plain labels (0.5, 1, 2) and at least three of them: 1-2-5 ticks,
+    finer ones when the range is narrow (a smoke run's latencies may span less than a factor 2)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [float(f"{m * 10.0 ** e:.6g}") for e in decades for m in mantissas]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3:
+            break
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain_ms))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def smoke_note(df) -> str:
+    """' (smoke profile: CPU timings, not GPU latency)' when the rows say they come from a smoke run."""
+    if "profile" not in df or not (df["profile"] == "smoke").any():
+        return ""
+    cpu = "device_name" in df and df["device_name"].astype(str).str.startswith("cpu").any()
+    return " (smoke profile: CPU timings, not GPU latency)" if cpu else " (smoke profile)"
+
+
 def _place_labels(ax, xs, ys, texts, fontsize: float = 7) -> list:
     """Annotate each point with its text where the label covers no other label and no marker: try
     positions around the point at growing distances (a thin leader line when it ends up away)."""
@@ -329,7 +353,8 @@ def _place_labels(ax, xs, ys, texts, fontsize: float = 7) -> list:
                 bottom = y + dy * gap - (h if dy < 0 else h / 2 if dy == 0 else 0)
                 cand = Bbox.from_bounds(left, bottom, w, h)
                 inside = area.x0 <= cand.x0 and cand.x1 <= area.x1 and area.y0 <= cand.y0 and cand.y1 <= area.y1
-                if inside and not any(cand.overlaps(t) for t in taken):
+                clear = cand.padded(2 * px_per_pt)  # labels that touch read as one ("F2B2")
+                if inside and not any(clear.overlaps(t) for t in taken):
                     chosen = (cand, step)
                     break
             if chosen:
@@ -347,14 +372,15 @@ def _place_labels(ax, xs, ys, texts, fontsize: float = 7) -> list:
 
 
 def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy_column: str = "accuracy",
-                floor_ms: float | None = None, latency_column: str = "lat_p95_ms"):
+                floor_ms: float | None = None, latency_column: str = "lat_p95_ms", note: str | None = None):
     """Accuracy (`accuracy_column`) against p95 latency at batch 1 (log axis, plain ms labels).
 
     The Pareto frontier (no other variant is both faster and more accurate) is drawn as a staircase
-    through its points; `floor_ms` marks the launch floor (J1) as a vertical line."""
+    through its points; `floor_ms` marks the launch floor (J1) as a vertical line. `note` ends the title;
+    by default it says so when the rows come from a smoke run (`smoke_note`). A bar far above every point
+    (a smoke run's accuracies) is named in the legend without stretching the axis down to nothing."""
     import matplotlib.pyplot as plt
     import pandas as pd
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     d = df.assign(_lat=pd.to_numeric(df[latency_column], errors="coerce"),
                   _acc=pd.to_numeric(df[accuracy_column], errors="coerce")).dropna(subset=["_lat", "_acc"])
@@ -365,14 +391,13 @@ def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy
     if lats:
         lo, hi = min(lats) / 1.6, max(lats) * 1.6
         ax.set_xlim(lo, hi)
-        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
-                 for m in (1, 2, 5)]
-        ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain_ms))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    accs = list(d._acc) + [bar]
-    span = max(accs) - min(accs) or 1.0
-    ax.set_ylim(min(accs) - 0.15 * span, max(accs) + 0.25 * span)
+        log_ms_axis(ax, lo, hi)
+    accs = list(d._acc)
+    spread = (max(accs) - min(accs)) if accs else 0.0
+    bar_shown = not accs or min(accs) - max(spread, 5.0) <= bar <= max(accs) + max(spread, 5.0)
+    accs += [bar] if bar_shown else []
+    span = (max(accs) - min(accs) if accs else 0.0) or 1.0
+    ax.set_ylim(min(accs, default=0) - 0.15 * span, max(accs, default=0) + 0.25 * span)
     ax.scatter(d._lat, d._acc, c="C0", zorder=3)
     frontier = pareto_frontier(list(d._lat), list(d._acc))
     if frontier:
@@ -383,13 +408,17 @@ def pareto_plot(df, bar: float, path=None, final_id: str | None = None, accuracy
         r = d[d["id"] == final_id].iloc[0]
         ax.scatter([r._lat], [r._acc], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"final: {final_id}",
                    zorder=4)
-    ax.axhline(bar, c="C2", ls=":", label=f"bar {bar:g}%")
+    if bar_shown:
+        ax.axhline(bar, c="C2", ls=":", label=f"bar {bar:g}%")
+    else:
+        ax.plot([], [], c="C2", ls=":", label=f"bar {bar:g}% (far above)")
     if floor_ms:
         ax.axvline(floor_ms, c="0.4", ls="--", lw=1, label=f"launch floor {floor_ms:.3g} ms")
         ax.annotate("launch floor", (floor_ms, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
                     textcoords="offset points", fontsize=7, color="0.3", ha="left", va="top", rotation=90)
     ax.set(xlabel=f"{latency_column.replace('_ms', '').replace('lat_', '')} latency at batch 1 (ms, log scale)",
-           ylabel=f"{accuracy_column.replace('_', ' ')} (%)", title="Accuracy against latency")
+           ylabel=f"{accuracy_column.replace('_', ' ')} (%)",
+           title="Accuracy against latency" + (smoke_note(df) if note is None else note))
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
     _place_labels(ax, list(d._lat), list(d._acc), [str(i) for i in d["id"]])
@@ -408,6 +437,8 @@ def latency_histograms(samples: dict[str, np.ndarray], path=None):
         ax.hist(s, bins=bins, histtype="step", color=f"C{i % 10}", label=name)
         ax.axvline(np.percentile(s, 95), color=f"C{i % 10}", ls=":", lw=1)
     ax.set_xscale("log")
+    log_ms_axis(ax, bins[0], bins[-1])
+    ax.yaxis.get_major_locator().set_params(integer=True)  # calls are counted
     ax.set(xlabel="latency per call (ms, log scale; dotted: p95)", ylabel="calls", title="Batch-1 latency distributions")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
