@@ -124,7 +124,8 @@ def test_recipe_schedule_is_a_triangle():
 
 def test_recipe_names_and_bad_values():
     assert recipe.recipe_named("long").epochs > recipe.recipe_named("short").epochs
-    assert recipe.point_recipe({"recipe": "short", "epochs": 3}).epochs == 3
+    assert recipe.point_recipe("short", 3).epochs == 3
+    assert recipe.point_recipe("long", None) == recipe.recipe_named("long")  # None: the recipe's own epochs
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe.recipe_named("fast")
     with pytest.raises(ValueError, match="momentum"):

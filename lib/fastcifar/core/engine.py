@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import atomic, env
 from .data import GpuLoader, Splits, to_tensor
-from .distill import distillation_loss
+from .distill import DEFAULT_ALPHA, DEFAULT_T, distillation_loss
 from .models import arch_of, build_model
 
 CHECKPOINT_FORMAT = "fastcifar-checkpoint/1"
@@ -54,8 +54,8 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only (see uses_channels_last)
     seed: int = 42
     checkpoint_every: int = 5  # epochs between `_last` checkpoints (and always the final epoch)
-    distill_T: float = 4.0  # used only when a teacher is given
-    distill_alpha: float = 0.7
+    distill_T: float = DEFAULT_T  # used only when a teacher is given
+    distill_alpha: float = DEFAULT_ALPHA
 
     @property
     def peak_lr(self) -> float:
@@ -149,11 +149,21 @@ def load_model(path: str | Path, device="cpu", model_name: str | None = None) ->
 
 @torch.inference_mode()
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in %) of `model` on normalised images already on its device."""
+             autocast_dtype: torch.dtype | None = None, bf16: bool = False,
+             mirror: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of `model` on normalised images already on its device: the one
+    accuracy of a model the library computes (fit's validation, the FastNet recipe, the notebooks, the
+    final-model check). `autocast_dtype`: autocast to that dtype on any device; `bf16`: bf16 autocast on
+    CUDA only (`autocast`); `mirror`: flip test-time augmentation, the logits of each image and of its
+    mirror averaged (optimize.with_mirror, as the variants compute it)."""
     if isinstance(model, torch.nn.Module):
         model.eval()
-    ctx = torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    if mirror:
+        from .optimize import with_mirror
+
+        model = with_mirror(model)
+    ctx = (torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype
+           else autocast(images.device, bf16))
     loss = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for i in range(0, len(labels), batch_size):
@@ -201,8 +211,14 @@ def tensorboard_writer(log_dir: str | Path | None):
         return None
 
 
+def autocast(device, enabled: bool = True):
+    """bf16 autocast on CUDA (how the series trains and evaluates there); nothing elsewhere or when not `enabled`."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and torch.device(device).type == "cuda" \
+        else nullcontext()
+
+
 def _autocast(device: torch.device, cfg: TrainConfig):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda" else nullcontext()
+    return autocast(device, cfg.bf16)
 
 
 def _comparable(config: dict) -> dict:

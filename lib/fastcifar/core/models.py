@@ -78,6 +78,12 @@ class ConvGroup(nn.Module):
         return x + skip if len(self.convs) == 3 else x
 
 
+# FastNet's default architecture, for FastNet, `fastnet` and `fastnet_label` alike: the channels of the
+# three groups and the convolutions per group. The series' own points are the sweep's (series.sweep).
+FASTNET_WIDTHS = (64, 256, 256)
+FASTNET_CONVS = 2
+
+
 class FastNet(nn.Module):
     """Latency-first CIFAR network: a 2x2 patch-whitening conv (32 -> 31 pixels), three conv groups that
     each halve the map (31 -> 15 -> 7 -> 3), a global max-pool and a linear head scaled by `head_scale`.
@@ -86,7 +92,7 @@ class FastNet(nn.Module):
     residual). At batch 1 it runs few, wide kernels; its BatchNorms fold away (`fold_batchnorm`).
     """
 
-    def __init__(self, num_classes: int = 10, widths=(64, 256, 256), convs: int = 2, whiten_width: int = 24,
+    def __init__(self, num_classes: int = 10, widths=FASTNET_WIDTHS, convs: int = FASTNET_CONVS, whiten_width: int = 24,
                  head_scale: float = 1 / 9):
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -152,13 +158,13 @@ class FastNet(nn.Module):
         return folded
 
 
-def fastnet(num_classes: int = 10, widths=(64, 256, 256), convs: int = 2, **arch) -> FastNet:
+def fastnet(num_classes: int = 10, widths=FASTNET_WIDTHS, convs: int = FASTNET_CONVS, **arch) -> FastNet:
     return FastNet(num_classes, widths, convs, **arch)
 
 
 def fastnet_label(arch: dict) -> str:
-    w = "/".join(str(x) for x in arch.get("widths", (64, 256, 256)))
-    return f"FastNet {w} x{arch.get('convs', 2)}"
+    w = "/".join(str(x) for x in arch.get("widths", FASTNET_WIDTHS))
+    return f"FastNet {w} x{arch.get('convs', FASTNET_CONVS)}"
 
 
 MODELS = {

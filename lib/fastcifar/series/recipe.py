@@ -9,6 +9,17 @@ a triangular learning-rate schedule, lookahead-style weight averaging, random tr
 optional cutout, bf16 autocast, the whole data set resident on the GPU.
 
 Evidence that the recipe family reaches its accuracy: see outputs/sweep/ (the sweep command) and J2.
+
+Why a second training loop beside `core.engine.fit` (which trains the light models, the teacher and the
+toolkit's models): this recipe's parts do not fit fit's loop as hooks without bending it for every other
+model. Its loss is summed over the batch and its step sizes are per 1024 examples, with two parameter
+groups (BatchNorm shifts 64x faster); its schedule is a triangle counted in steps over a fractional
+number of epochs; lookahead averaging rewrites the weights during the epoch; the whitening layer is
+initialised from the data and frozen part-way; and there is no checkpoint choice (the final weights
+are the result, so no validation pass picks among epochs). What the two loops share is imported from
+core, never copied: the GPU-resident loader (core.data.GpuLoader), the distillation loss
+(core.distill), bf16 autocast (core.engine.autocast), evaluation with or without the mirror
+(core.engine.evaluate) and checkpoints (core.engine.save_checkpoint / load_model).
 """
 from __future__ import annotations
 
@@ -22,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..core import engine
 from ..core.data import GpuLoader, Splits, to_tensor
-from ..core.distill import distillation_loss
+from ..core.distill import DEFAULT_ALPHA, DEFAULT_T, distillation_loss
 from ..core.models import FastNet
 
 
@@ -46,8 +58,8 @@ class Recipe:
     ema_decay_pow: float = 3.0
     translate: int = 2                # random translation, pixels (zero padding)
     cutout: int = 0                   # side of a square hole, pixels; 0 = off
-    distill_T: float = 4.0            # with a teacher (J4-15): temperature and weight of the soft term
-    distill_alpha: float = 0.7
+    distill_T: float = DEFAULT_T      # with a teacher (J4-15): temperature and weight of the soft term
+    distill_alpha: float = DEFAULT_ALPHA
     seed: int = 42
 
     def __post_init__(self):
@@ -90,9 +102,9 @@ def for_profile(r: Recipe, profile) -> Recipe:
     return dataclasses.replace(r, epochs=min(r.epochs, profile.max_epochs), batch_size=min(r.batch_size, 128))
 
 
-def point_recipe(point: dict) -> Recipe:
-    """The recipe a sweep point names (`recipe`, and `epochs` when it sets its own)."""
-    return recipe_named(point["recipe"], **({"epochs": point["epochs"]} if point.get("epochs") else {}))
+def point_recipe(name: str, epochs: float | None = None) -> Recipe:
+    """The recipe a sweep point names, with the point's own `epochs` when it sets them."""
+    return recipe_named(name, **({"epochs": epochs} if epochs else {}))
 
 
 @dataclass
@@ -132,30 +144,6 @@ class _Lookahead:
                 v.copy_(self.slow[k])
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, batch: int = 2000) -> torch.Tensor:
-    model.eval()
-    outs = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        with _autocast(x.device):
-            out = model(x).float()
-            if mirror:
-                out = 0.5 * (out + model(x.flip(3)).float())
-        outs.append(out)
-    return torch.cat(outs)
-
-
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mirror: bool = False) -> float:
-    return 100.0 * (predict_logits(model, images, mirror).argmax(1) == labels).float().mean().item()
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classes: int = 10,
                   progress: bool = True, name: str = "fastnet", teacher: torch.nn.Module | None = None) -> FastResult:
     """Train a FastNet of architecture `arch` ({widths, convs, ...}) with `recipe` on splits.train;
@@ -192,7 +180,7 @@ def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classe
         for x, y in loader:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * recipe.lr_factor(step, total)
-            with _autocast(device):
+            with engine.autocast(device):
                 out = model(x)
                 if teacher is not None:
                     with torch.no_grad():
@@ -220,14 +208,15 @@ def train_fastnet(splits: Splits, arch: dict, recipe: Recipe, device, num_classe
             lookahead.update(model, 1.0)
         sync()
         train_s += time.perf_counter() - t0
-        val_acc = accuracy(model, val_x, val_y)
+        val_acc = engine.evaluate(model, val_x, val_y, bf16=True)[1]
         history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "val_acc": val_acc,
                         "seconds": train_s})
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{val_acc:.2f}")
     bar.close()
     model.eval()
     return FastResult(model.to(memory_format=torch.contiguous_format), history, train_s,
-                      accuracy(model, val_x, val_y), accuracy(model, val_x, val_y, mirror=True))
+                      engine.evaluate(model, val_x, val_y, bf16=True)[1],
+                      engine.evaluate(model, val_x, val_y, bf16=True, mirror=True)[1])
 
 
 def train_and_save(splits: Splits, arch: dict, recipe: Recipe, device, path, name: str = "fastnet",

@@ -18,15 +18,36 @@ from ..core.tables import markdown_table  # noqa: F401
 SEED_COLUMNS = {"id": "ID", "variant": "Variant", "accuracy": "Test acc. (%)", "val_accuracy": "Val acc. (%)",
                 "lat_mean_ms": "Mean lat. (ms)", "lat_p95_ms": "p95 lat. (ms)", "size_mb": "Size (MB)"}
 
+# The sprint plan's numbers, defined here only: the notebooks' parameters default to None, meaning these.
+SEED_BAR = 85.0                 # accuracy bar (%), judged on validation accuracy
+FP16_MAX_DROP = 0.5             # J4-03: FP16 is kept when test accuracy drops by less than this (points)
+CHANNELS_LAST_MIN_GAIN = 0.05   # J4-13: channels_last is kept when p95 improves by more than this share
+
+
+@dataclass(frozen=True)
+class SeedRules:
+    """The seed's bar and J4's two keep/drop thresholds, as one run uses them."""
+
+    bar: float = SEED_BAR
+    fp16_max_drop: float = FP16_MAX_DROP
+    channels_last_min_gain: float = CHANNELS_LAST_MIN_GAIN
+
+
+def seed_rules(bar: float | None = None, fp16_max_drop: float | None = None,
+               channels_last_min_gain: float | None = None) -> SeedRules:
+    """A notebook's values of the rules; None (the parameters' default) means the sprint plan's."""
+    given = {"bar": bar, "fp16_max_drop": fp16_max_drop, "channels_last_min_gain": channels_last_min_gain}
+    return SeedRules(**{k: float(v) for k, v in given.items() if v is not None})
+
 
 # ---------------------------------------------------------------- decision rules (J4 seed)
 
-def keep_fp16(fp32_acc: float, fp16_acc: float, max_drop: float = 0.5) -> bool:
+def keep_fp16(fp32_acc: float, fp16_acc: float, max_drop: float = FP16_MAX_DROP) -> bool:
     """J4-03: FP16 is kept only if test accuracy drops by less than `max_drop` points."""
     return bool(fp32_acc - fp16_acc < max_drop)
 
 
-def keep_channels_last(base_p95: float, cl_p95: float, min_gain: float = 0.05) -> bool:
+def keep_channels_last(base_p95: float, cl_p95: float, min_gain: float = CHANNELS_LAST_MIN_GAIN) -> bool:
     """J4-13: channels_last is kept only if it cuts latency by more than `min_gain` (5%)."""
     return bool((base_p95 - cl_p95) / base_p95 > min_gain)
 
@@ -82,8 +103,8 @@ class SeedDecisions:
     lines: list = field(default_factory=list)
 
 
-def seed_decisions(rows, ref_id: str, candidates: dict, fp16_max_drop: float = 0.5,
-                   channels_last_min_gain: float = 0.05) -> SeedDecisions:
+def seed_decisions(rows, ref_id: str, candidates: dict, fp16_max_drop: float = FP16_MAX_DROP,
+                   channels_last_min_gain: float = CHANNELS_LAST_MIN_GAIN) -> SeedDecisions:
     """Apply the seed's rules to the variants of one model. `candidates` maps O1 (FP16), O2 (FP16 +
     compile) and O3 (channels_last) to the ids of the variants that may stand for them (the fastest
     measured one does). FP16 is kept when test accuracy drops by less than `fp16_max_drop` points

@@ -26,11 +26,9 @@ import numpy as np
 import torch
 
 from . import recipe, report
-from ..core import atomic, bench, env, optimize
+from ..core import atomic, bench, engine, env, optimize
 from ..core.data import DataError
 from ..core.models import count_params, fastnet_label
-
-SEED_BAR = 85.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def timing_spec(device: torch.device, mirror: bool) -> optimize.Spec:
 
 def measure_point(point: Point, splits, device, profile: env.Profile, progress: bool = True) -> tuple[list[dict], torch.nn.Module]:
     """Train one point and return two rows (without and with the mirror) and the trained model."""
-    r = recipe.for_profile(recipe.point_recipe({"recipe": point.recipe, "epochs": point.epochs}), profile)
+    r = recipe.for_profile(recipe.point_recipe(point.recipe, point.epochs), profile)
     result = recipe.train_fastnet(splits, point.arch, r, device, progress=progress, name=point.name)
     model = result.model
     test_x, test_y = splits.tensors("test", device)
@@ -83,8 +81,8 @@ def measure_point(point: Point, splits, device, profile: env.Profile, progress: 
                      "widths": "/".join(map(str, point.widths)), "convs": point.convs, "mirror": mirror,
                      "recipe": point.recipe, "epochs": r.epochs, "params": count_params(model),
                      "train_s": result.train_s,
-                     "val_accuracy": recipe.accuracy(model, val_x, val_y, mirror),
-                     "accuracy": recipe.accuracy(model, test_x, test_y, mirror),
+                     "val_accuracy": engine.evaluate(model, val_x, val_y, bf16=True, mirror=mirror)[1],
+                     "accuracy": engine.evaluate(model, test_x, test_y, bf16=True, mirror=mirror)[1],
                      **timing.row()})
         del variant
     return rows, model
@@ -139,8 +137,8 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
     floor_ms = None
     if device.type == "cuda":
         floor = bench.launch_floor(device, profile.warmup_iters, profile.measure_iters)
-        floor_ms = floor["CUDA-graph replay of one tiny kernel"].host.p95
-    chosen = select(df, SEED_BAR, teacher_val)
+        floor_ms = floor[bench.FLOOR_GRAPH].host.p95
+    chosen = select(df, report.SEED_BAR, teacher_val)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(out_dir / "sweep.csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -152,7 +150,7 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
             f"kernel) p95 {'n/a' if floor_ms is None else f'{floor_ms:.4f} ms'}; teacher validation "
             f"accuracy used for F2: {teacher_val}.\n")
     atomic.write_text(out_dir / "sweep.md", report.markdown_table(df, columns) + "\n" + note)
-    report.sweep_plot(df, SEED_BAR, out_dir / "sweep_pareto.png", floor_ms=floor_ms, chosen=chosen)
+    report.sweep_plot(df, report.SEED_BAR, out_dir / "sweep_pareto.png", floor_ms=floor_ms, chosen=chosen)
     record = {"chosen": chosen, "points": {p.name: {"arch": p.arch, "recipe": p.recipe, "epochs": p.epochs}
                                            for p in points},
               "floor_p95_ms": floor_ms, "teacher_val": teacher_val, **meta}
