@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastcifar.core import data, engine, env, models, optimize
-from fastcifar.series import recipe, sweep
+from fastcifar.series import records, recipe, sweep
 
 
 def trained_like(model: models.FastNet, seed: int = 0) -> models.FastNet:
@@ -185,23 +185,26 @@ def sweep_table():
 def test_selection_uses_validation_and_latency_only():
     df = sweep_table()
     chosen = sweep.select(df, 85.0, 93.2)
-    assert chosen["F1"]["id"] == "b" and chosen["F1"]["met"]
-    assert chosen["F2"]["id"] == "c+mirror" and chosen["F2"]["met"] and chosen["F2"]["mirror"]
+    assert chosen["F1"].id == "b" and chosen["F1"].met
+    assert chosen["F2"].id == "c+mirror" and chosen["F2"].met and chosen["F2"].mirror
     # the test column plays no part: change it and nothing moves
     df2 = df.assign(accuracy=100 - df.accuracy)
     assert sweep.select(df2, 85.0, 93.2) == chosen
     missed = sweep.select(df, 85.0, 99.0)["F2"]
-    assert not missed["met"] and missed["id"] == "d+mirror"  # the most accurate, flagged
+    assert not missed.met and missed.id == "d+mirror"  # the most accurate, flagged
 
 
 def test_chosen_points_roundtrip_and_missing_record(tmp_path):
-    record = {"chosen": {"F1": {"point": "b", "id": "b", "mirror": False, "threshold": 85.0, "met": True,
+    record = {"version": records.SweepRecord.VERSION,
+              "chosen": {"F1": {"point": "b", "id": "b", "mirror": False, "threshold": 85.0, "met": True,
                                 "val_accuracy": 86.0, "lat_p95_ms": 0.12}},
-              "points": {"b": {"arch": {"widths": [8, 8, 8], "convs": 2}, "recipe": "short", "epochs": None}}}
+              "points": {"b": {"arch": {"widths": [8, 8, 8], "convs": 2}, "recipe": "short", "epochs": None}},
+              "floor_p95_ms": None, "teacher_val": None, "profile": "smoke", "device_name": "cpu", "torch": "2",
+              "data_source": "generated", "git_commit": "abc"}
     (tmp_path / "chosen.json").write_text(json.dumps(record))
     got = sweep.chosen_points(tmp_path / "chosen.json")
-    assert got["F1"]["arch"]["widths"] == [8, 8, 8] and got["F1"]["recipe"] == "short"
-    with pytest.raises(FileNotFoundError, match="fastcifar.sweep"):
+    assert got["F1"].arch["widths"] == [8, 8, 8] and got["F1"].recipe == "short"
+    with pytest.raises(records.RecordError, match="fastcifar.sweep"):
         sweep.chosen_points(tmp_path / "none.json")
 
 
@@ -214,7 +217,8 @@ def test_smoke_sweep_end_to_end(cifar_factory, tmp_path, monkeypatch, one_torch_
     assert (df.profile == "smoke").all() and df.device_name.str.startswith("cpu").all()
     for name in ("sweep.csv", "sweep.md", "sweep_pareto.png", "chosen.json"):
         assert (tmp_path / "out" / name).is_file()
-    assert set(record["chosen"]) == {"F1", "F2"} and record["floor_p95_ms"] is None
+    assert set(record.chosen) == {"F1", "F2"} and record.floor_p95_ms is None
+    assert records.read(records.SweepRecord, tmp_path / "out" / "chosen.json") == record
 
 
 def test_sweep_command_rejects_unknown_points(capsys):

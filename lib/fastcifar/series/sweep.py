@@ -10,14 +10,14 @@ batch 1 on the stock fast path (FP16, BatchNorm folded, one CUDA graph). Then:
 - F2 = the fastest whose validation accuracy reaches the teacher's (B2's, from outputs/results.csv
   unless --teacher-val is given).
 
-Writes sweep.csv, sweep.md, sweep_pareto.png and chosen.json (what the pipeline trains) to --out.
+Writes sweep.csv, sweep.md, sweep_pareto.png and chosen.json (records.SweepRecord: what the pipeline
+trains) to --out.
 On a machine without CUDA it runs a smoke version (tiny data, one epoch, CPU timings, written to
 outputs/smoke/sweep) that only proves the code path.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import recipe, report
+from . import records, recipe, report
 from ..core import atomic, bench, engine, env, optimize
 from ..core.data import DataError
 from ..core.models import count_params, fastnet_label
@@ -88,7 +88,7 @@ def measure_point(point: Point, splits, device, profile: env.Profile, progress: 
     return rows, model
 
 
-def select(df, bar: float, teacher_val: float | None) -> dict:
+def select(df, bar: float, teacher_val: float | None) -> dict[str, records.SweepChoice]:
     """F1 and F2 from a sweep table (validation accuracy only; the test set plays no part).
 
     Each entry: the row's point and mirror, and whether its bar was met. When no row reaches the
@@ -98,8 +98,9 @@ def select(df, bar: float, teacher_val: float | None) -> dict:
         if threshold is None or not np.isfinite(threshold):
             continue
         row, met = report.fastest_over(df, threshold)
-        choice[key] = {"point": row.point, "id": row.id, "mirror": bool(row.mirror), "threshold": float(threshold),
-                       "met": met, "val_accuracy": float(row.val_accuracy), "lat_p95_ms": float(row.lat_p95_ms)}
+        choice[key] = records.SweepChoice(point=row.point, id=row.id, mirror=bool(row.mirror),
+                                          threshold=float(threshold), met=met, val_accuracy=float(row.val_accuracy),
+                                          lat_p95_ms=float(row.lat_p95_ms))
     return choice
 
 
@@ -150,11 +151,12 @@ def run_sweep(out_dir: Path, profile: env.Profile, points=POINTS, teacher_val: f
             f"kernel) p95 {'n/a' if floor_ms is None else f'{floor_ms:.4f} ms'}; teacher validation "
             f"accuracy used for F2: {teacher_val}.\n")
     atomic.write_text(out_dir / "sweep.md", report.markdown_table(df, columns) + "\n" + note)
-    report.sweep_plot(df, report.SEED_BAR, out_dir / "sweep_pareto.png", floor_ms=floor_ms, chosen=chosen)
-    record = {"chosen": chosen, "points": {p.name: {"arch": p.arch, "recipe": p.recipe, "epochs": p.epochs}
-                                           for p in points},
-              "floor_p95_ms": floor_ms, "teacher_val": teacher_val, **meta}
-    atomic.write_text(out_dir / "chosen.json", json.dumps(record, indent=2))
+    report.sweep_plot(df, report.SEED_BAR, out_dir / "sweep_pareto.png", floor_ms=floor_ms,
+                      chosen={key: {"id": c.id} for key, c in chosen.items()})
+    record = records.SweepRecord(
+        chosen=chosen, points={p.name: records.PointSetting(p.arch, p.recipe, p.epochs) for p in points},
+        floor_p95_ms=floor_ms, teacher_val=teacher_val, **meta)
+    records.write(record, out_dir / records.SweepRecord.FILE)
     return df, record
 
 
@@ -169,12 +171,10 @@ def record_path(given: str | None = None, root: Path | None = None) -> Path:
     return written if written.is_file() else root / "outputs" / "sweep" / "chosen.json"
 
 
-def chosen_points(path: Path) -> dict:
-    """{"F1": {"point", "arch", "recipe", "mirror", ...}, "F2": ...} from a committed chosen.json."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no sweep record at {path}; run `python -m fastcifar.sweep` on a GPU first")
-    record = json.loads(Path(path).read_text())
-    return {k: {**v, **record["points"][v["point"]]} for k, v in record["chosen"].items()}
+def chosen_points(path: Path) -> dict[str, records.FastNetPoint]:
+    """{"F1": FastNetPoint, "F2": ...}: the sweep's choices in chosen.json with how each point is built;
+    records.RecordError (one line) when the file is missing, damaged or stale."""
+    return records.read(records.SweepRecord, path).chosen_points()
 
 
 def main(argv=None) -> int:
@@ -218,9 +218,9 @@ def main(argv=None) -> int:
         return 2
     print(report.markdown_table(df, {"id": "point", "params": "params", "train_s": "train s",
                                      "val_accuracy": "val %", "accuracy": "test %", "lat_p95_ms": "p95 ms"}))
-    for key, c in record["chosen"].items():
-        print(f"{key}: {c['id']} (val {c['val_accuracy']:.2f}% vs {c['threshold']:.2f}%: "
-              f"{'met' if c['met'] else 'MISSED'}), p95 {c['lat_p95_ms']:.4f} ms")
+    for key, c in record.chosen.items():
+        print(f"{key}: {c.id} (val {c.val_accuracy:.2f}% vs {c.threshold:.2f}%: "
+              f"{'met' if c.met else 'MISSED'}), p95 {c.lat_p95_ms:.4f} ms")
     print(f"written to {out}")
     return 0
 
