@@ -1,6 +1,12 @@
+"""One-off probe (GPU): training speed of the light models with and without channels_last and bf16, the
+overfit check's cost, and a few inference Specs. Its log is outputs/logs/probe_train_speed.log (it ran
+with the package's earlier flat layout; the imports below name today's modules).
+
+    OUT=DIR python scripts/probe_train_speed.py     # from the project root; writes DIR/probe.log
+"""
 import time, torch, sys, os, logging
 sys.path.insert(0, "lib")
-from fastcifar import env, data, models, train, optimize
+from fastcifar.core import env, data, models, optimize, engine as train
 out = open(os.path.join(os.environ["OUT"], "probe.log"), "w")
 def log(*a):
     print(*a, flush=True); print(*a, file=out, flush=True)
