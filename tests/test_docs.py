@@ -29,3 +29,19 @@ def test_readme_names_the_gpu_test_report_and_the_constraints():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "outputs/gpu_tests/report.json" in readme and "make test-gpu" in readme
     assert "constraints.txt" in readme and "docs/sprint_plan.md" in readme
+
+
+def test_readme_leads_a_newcomer_to_what_runs_here_and_names_where_things_are():
+    import json
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    toolkit = readme.split("## Config-driven training", 1)[1].split("The report's workflow", 1)[0]
+    first = next(line for line in toolkit.splitlines() if line.startswith("python -m fastcifar."))
+    assert "configs/cifar10.yaml" in first  # the config `make data` provides the data for
+    assert "python -m fastcifar.data --download cifar100" in toolkit
+    assert "`outputs/smoke/notebooks/`" in readme and "on the terminal" in readme
+    assert "(see above)" not in readme
+    assert "`total_s` in `outputs/pipeline_J1_J2_J3_J4_J5.json`" in readme
+    assert "total_s" in json.loads((REPO / "outputs" / "pipeline_J1_J2_J3_J4_J5.json").read_text())
+    assert "`outputs/runs/`" in readme and "--logdir outputs/runs" in readme and "--wait" in readme
+    assert "recomputed over the new length" in readme  # what resuming a cosine run with more epochs does

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,8 @@ def test_train_writes_checks_checkpoints_logs_and_a_repeatable_record(trained, c
     assert (record["data"]["train_images"], record["data"]["val_images"], record["data"]["test_images"]) == (300, 100, 200)
     log = pd.read_csv(trained / "model_log.csv")
     assert list(log.epoch) == [1, 2] and (log.lr == 0.002).all()  # constant schedule, lr as given
+    summary = json.loads((trained / "summary.json").read_text())
+    assert (summary["best_checkpoint"], summary["log_csv"]) == ("model_best.pth", "model_log.csv")  # in the folder
     model, ckpt = engine.load_model(trained / "model_best.pth")
     assert ckpt["num_classes"] == 100 and ckpt["arch"] == {"blocks": [1, 1, 1], "widths": [8, 16, 32]}
     assert ckpt["config"]["optimizer"] == "adam"
@@ -109,6 +112,9 @@ def test_evaluate_reports_loss_top1_top5_per_class_and_confusion(trained, cifar1
     run = only_run(outputs, "evaluate", before)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["images"] == 200
+    # the checkpoint as seen from this run folder, not a path of this machine
+    assert metrics["checkpoint"] == f"../{trained.name}/model_best.pth" == os.path.relpath(trained / "model_best.pth", run)
+    assert json.loads((run / "run.json").read_text())["checkpoint"] == metrics["checkpoint"]
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100 and "superclass_top1" in metrics
     # the same numbers from the checkpoint, computed here independently
     model, _ = engine.load_model(trained / "model_best.pth")
@@ -294,3 +300,12 @@ def test_tensorboard_events_are_written_when_installed(tmp_path):
     writer.add_scalar("train/loss", 1.0, 1)
     writer.close()
     assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_the_committed_evidence_names_checkpoints_relative_to_its_run_folders():
+    evidence = ROOT / "outputs" / "toolkit" / "cifar10"
+    (metrics,) = evidence.glob("evaluate-*/metrics.json")
+    pointed = Path(os.path.normpath(metrics.parent / json.loads(metrics.read_text())["checkpoint"]))
+    assert pointed.parent.parent == evidence and pointed.name == "model_best.pth"  # a train run beside it
+    for summary in evidence.glob("train-*/summary.json"):
+        assert json.loads(summary.read_text())["best_checkpoint"] == "model_best.pth"

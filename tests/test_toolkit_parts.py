@@ -2,6 +2,7 @@
 the LR finder's suggestion, evaluation metrics, the console script."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -207,3 +208,47 @@ def test_console_script_lists_its_commands(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in ("train", "lr_finder", "grid_search", "evaluate", "pipeline"))
     assert cli.main([]) == 2
+
+
+# ---------------------------------------------------------------- progress, sanity lines, a resumed schedule
+
+def test_fit_shows_progress_within_epochs_or_one_line_per_epoch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(models.MODELS, "tiny", lambda num_classes=10: Tiny(num_classes))
+    cfg = engine.TrainConfig(epochs=2, batch_size=16, base_batch=16, bf16=False, channels_last=False)
+    engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path / "bar", "cpu", progress=True)
+    bar = capsys.readouterr().out
+    assert "t epoch 2/2" in bar and "8/8 [" in bar and "batch/s" in bar and "img/s" in bar  # 4 batches an epoch
+    engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path / "log", "cpu", progress=None)  # no terminal here
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("t epoch 2/2: loss ") and "img/s" in lines[1]
+    engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path / "quiet", "cpu", progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_sanity_checks_say_each_result_as_soon_as_it_is_known(monkeypatch):
+    from fastcifar.core import sanity
+
+    said, overfit = [], engine.overfit_batch
+
+    def watched(*args, **kwargs):
+        said.append("(overfit steps start)")
+        return overfit(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "overfit_batch", watched)
+    sanity.run_checks(Tiny(), small_splits(), "cpu", 0, overfit_images=8, overfit_steps=2, say=said.append)
+    assert [line.split(" ")[0] for line in said] == ["baselines", "initial", "(overfit", "overfit"]
+
+
+def test_resuming_a_cosine_schedule_with_more_epochs_goes_on_along_the_longer_curve(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(models.MODELS, "tiny", lambda num_classes=10: Tiny(num_classes))
+    short = engine.TrainConfig(epochs=2, batch_size=16, base_batch=16, lr=0.004, schedule="cosine", bf16=False,
+                               channels_last=False)
+    engine.fit(Tiny(), small_splits(), short, "t", "tiny", tmp_path, "cpu", progress=False)
+    assert capsys.readouterr().out == ""
+    longer = engine.fit(Tiny(), small_splits(), dataclasses.replace(short, epochs=4), "t", "tiny", tmp_path, "cpu",
+                        progress=False)
+    said = capsys.readouterr().out
+    assert "schedule cosine recomputed over 4 epochs instead of 2" in said and "0 -> 0.002" in said
+    # epoch 3's last step is 3/4 of the way along the new cosine (the log records the rate after it)
+    assert longer.history.lr.iloc[2] == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert engine.schedule_change(dataclasses.replace(short, schedule="constant"), 2, 2, 4) == ""

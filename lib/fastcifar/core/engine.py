@@ -108,6 +108,48 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or for another model."""
 
 
+class ResumeRefused(CheckpointError):
+    """`fit` cannot go on from a `_last` checkpoint made with other settings or data; raised before any
+    training step."""
+
+
+def _load_failure(exc: Exception) -> str:
+    """What torch.load's error says about a file, in a few words. Its advice to load with
+    weights_only=False (which runs whatever code the file holds) is never passed on."""
+    text = str(exc)
+    if "Unsupported global" in text:  # a weights-only load met an object that is not plain data
+        found = text.split("Unsupported global:", 1)[1].split()
+        name = found[1] if len(found) > 1 and found[0] == "GLOBAL" else "an object"
+        return (f"it holds a Python object ({name}) besides tensors and plain data, which no checkpoint of this "
+                "project holds; it is not loaded, since loading it could run code")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = first.split(". ", 1)[0].rstrip(".")
+    if "weights_only" in first:
+        first = "torch could not read it"
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, path, model_name: str) -> None:
+    """Load `state_dict` into `model`; a checkpoint for another architecture is one CheckpointError line
+    (how many tensors differ and the first one), not torch's line per tensor."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state_dict]
+    extra = [k for k in state_dict if k not in mine]
+    shapes = [k for k in mine if k in state_dict and tuple(state_dict[k].shape) != tuple(mine[k].shape)]
+    differ = len(missing) + len(extra) + len(shapes)
+    if differ:
+        if shapes:
+            first = (f"{shapes[0]}: {list(state_dict[shapes[0]].shape)} in the checkpoint, "
+                     f"{list(mine[shapes[0]].shape)} in the model")
+        else:
+            first = f"{(missing or extra)[0]}: {'missing from the checkpoint' if missing else 'not in the model'}"
+        raise CheckpointError(f"{path}: its weights do not fit a {model_name!r} {arch_of(model) or ''}".rstrip()
+                              + f": {differ} of {len(set(mine) | set(state_dict))} tensors differ (first: {first}); "
+                              "expected a checkpoint of this architecture (its `arch` entry and its weights disagree, "
+                              "or the config names another model)")
+    model.load_state_dict(state_dict)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, model_name: str, num_classes: int, **extra) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "model_name": model_name, "num_classes": num_classes,
@@ -124,9 +166,8 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); expected a checkpoint this "
-                              "project wrote, such as a run folder's model_best.pth") from exc
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({_load_failure(exc)}); expected a checkpoint "
+                              "this project wrote, such as a run folder's model_best.pth") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if model_name is not None and ckpt["model_name"] != model_name:
@@ -137,11 +178,12 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> dict:
 def load_model(path: str | Path, device="cpu", model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a checkpoint was made from and load its weights (eval mode)."""
     ckpt = load_checkpoint(path, model_name)
-    model = build_model(ckpt["model_name"], ckpt["num_classes"], **ckpt.get("arch", {}))
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit a {ckpt['model_name']!r}: {exc}") from exc
+        model = build_model(ckpt["model_name"], ckpt["num_classes"], **ckpt.get("arch", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({type(exc).__name__}: {exc}); expected a checkpoint "
+                              "this project wrote") from None
+    load_weights(model, ckpt["state_dict"], path, ckpt["model_name"])
     return model.to(device).eval(), ckpt
 
 
@@ -243,15 +285,61 @@ def resume_mismatch(ckpt: dict, config: dict, data_source: str, train_images: in
     return differ
 
 
+def seconds_per_step(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, device, steps: int = 2) -> float:
+    """Seconds of one training step of `model` at cfg.batch_size on `device` (median of `steps`, after one
+    untimed step), on a copy: an epoch's cost known before it starts. The random state is left as it was."""
+    import copy
+    import statistics
+
+    device = torch.device(device)
+    channels_last = uses_channels_last(cfg, device)
+    n = min(cfg.batch_size, len(splits.train))
+    x = to_tensor(splits.train.images[:n], device, splits.mean, splits.std, channels_last)
+    y = torch.as_tensor(splits.train.labels[:n], device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(model).to(device, memory_format=torch.channels_last if channels_last
+                                         else torch.contiguous_format).train()
+        optimizer = make_optimizer(probe.parameters(), cfg)
+        times = []
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            with _autocast(device, cfg):
+                loss = F.cross_entropy(probe(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def schedule_change(cfg: TrainConfig, epochs_before, done: int, steps_per_epoch: int) -> str:
+    """What resuming with another number of epochs does to a schedule that depends on it, in one line ('' when
+    nothing changes): the schedule is recomputed over the new length and the rate goes on from the step
+    reached on that curve, so it jumps (a finished cosine run resumed for more epochs goes from near 0 back
+    up to mid-curve)."""
+    if cfg.schedule == "constant" or not epochs_before or epochs_before == cfg.epochs:
+        return ""
+    step = done * steps_per_epoch
+    rate = lambda epochs: cfg.peak_lr * cfg.lr_factor(step, epochs * steps_per_epoch, steps_per_epoch)
+    return (f"schedule {cfg.schedule} recomputed over {cfg.epochs} epochs instead of {epochs_before}: the learning "
+            f"rate goes on from epoch {done} on the new curve, {rate(epochs_before):.3g} -> {rate(cfg.epochs):.3g} "
+            "(the schedule does not start again from its top)")
+
+
 def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, model_name: str, ckpt_dir: str | Path,
-        device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool = True,
+        device=None, teacher: torch.nn.Module | None = None, resume: bool = True, progress: bool | None = True,
         tensorboard_dir: str | Path | None = None) -> TrainResult:
     """Train `model` (an instance of `model_name`) on splits.train, choosing on splits.val.
 
     Each epoch logs train/val loss and accuracy, the train-val gap, learning rate, seconds and images/s
-    to `<name>_log.csv` and a progress bar, and to TensorBoard under `tensorboard_dir` when given (and
-    installed). With `teacher`, the loss is the distillation loss.
-    Resumes from `<name>_last.pth` when it exists and was made with the same settings.
+    to `<name>_log.csv`, and to TensorBoard under `tensorboard_dir` when given (and installed). With
+    `teacher`, the loss is the distillation loss.
+    `progress`: True, a bar over the batches (epoch, batches done, images/s, time left), wherever stdout
+    goes; None, that bar on a terminal and one line per epoch elsewhere (logs, pipes); False, nothing.
+    Resumes from `<name>_last.pth` when it exists and was made with the same settings (epochs may grow:
+    a schedule is then recomputed over the new length, and said so).
     """
     import pandas as pd
 
@@ -284,13 +372,16 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
         differ = resume_mismatch(ckpt, config, splits.source, len(splits.train))
         if differ:
             changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
-            raise CheckpointError(f"cannot resume from {last_path}: {changes}; expected the settings it was "
-                                  "made with (epochs may only grow), or a fresh start (a new run folder, or "
-                                  "fit(..., resume=False))")
-        model.load_state_dict(ckpt["state_dict"])
+            raise ResumeRefused(f"cannot resume from {last_path}: {changes}; expected the settings it was "
+                                "made with (epochs may only grow), or a fresh start (a new run folder, or "
+                                "fit(..., resume=False))")
+        load_weights(model, ckpt["state_dict"], last_path, model_name)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history, best_acc = ckpt["epoch"], list(ckpt["history"]), ckpt["best_val_acc"]
+        note = schedule_change(cfg, ckpt.get("config", {}).get("epochs"), start_epoch, steps_per_epoch)
+        if note:
+            print(f"{name}: {note}", flush=True)
         torch.set_rng_state(ckpt["rng_cpu"])
         loader.generator.set_state(ckpt["rng_loader"])
         if device.type == "cuda" and "rng_cuda" in ckpt:
@@ -303,9 +394,12 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     writer = tensorboard_writer(tensorboard_dir)
     wall0 = time.perf_counter()
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=name, disable=not progress, file=sys.stdout,
-               mininterval=2.0, initial=start_epoch, total=cfg.epochs)
-    for epoch in bar:
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="batch", desc=name,
+               disable=None if progress is None else not progress, file=sys.stdout, mininterval=2.0)
+    epoch_lines = progress is None and bar.disable  # no terminal: a line per epoch instead of a bar
+    last = ""
+    for epoch in range(start_epoch, cfg.epochs):
+        bar.set_description(f"{name} epoch {epoch + 1}/{cfg.epochs}", refresh=False)
         model.train()
         sync()
         t0 = time.perf_counter()
@@ -328,6 +422,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
+            if not bar.disable:  # images/s of this epoch so far (no device sync: counts, not values)
+                bar.set_postfix_str(f"{seen / (time.perf_counter() - t0):,.0f} img/s{last}", refresh=False)
+                bar.update()
         sync()
         seconds = time.perf_counter() - t0
         train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
@@ -355,8 +452,10 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
                                ("val/acc", val_acc), ("lr", history[-1]["lr"]), ("images_per_s", seen / seconds)):
                 writer.add_scalar(key, value, epoch + 1)
             writer.flush()
-        bar.set_postfix(loss=f"{train_loss:.3f}", train=f"{train_acc:.1f}", val=f"{val_acc:.2f}",
-                        img_s=f"{seen / seconds:,.0f}")
+        last = f"; epoch {epoch + 1}: loss {train_loss:.3f}, train {train_acc:.1f}%, val {val_acc:.2f}%"
+        if epoch_lines:
+            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, val "
+                  f"{val_acc:.2f}%, {seen / seconds:,.0f} img/s, {seconds:.1f} s", flush=True)
     bar.close()
     if writer is not None:
         writer.close()
@@ -365,10 +464,12 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
     sheet = {"name": name, "model": model_name, "config": config, "peak_lr": cfg.peak_lr,
              "train_images": len(splits.train), "val_images": len(splits.val), "data_source": splits.source,
              "device": env.device_name(device), "versions": env.versions(), "git_commit": env.git_commit(),
-             "best_checkpoint": str(best_path), "last_checkpoint": str(last_path), "log": str(log_path),
+             # beside this sheet: names, not this machine's paths (the folder may be copied elsewhere)
+             "best_checkpoint": best_path.name, "last_checkpoint": last_path.name, "log": log_path.name,
              "best_val_acc": best_acc, "teacher": teacher is not None}
     atomic.write_text(sheet_path, json.dumps(sheet, indent=2))
     hist = pd.DataFrame(history)
+    hist.attrs["label_smoothing"] = cfg.label_smoothing  # for the curves' title
     ran = hist[hist.epoch > start_epoch] if len(hist) else hist
     return TrainResult(hist, best_path, last_path, sheet_path, best_acc,
                        wall, float(ran.images_per_s.mean()) if len(ran) else float("nan"))
@@ -389,12 +490,14 @@ def initial_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
 
 
 def overfit_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 150,
-                  lr: float = 0.05, weight_decay: float = 0.0) -> list[float]:
-    """Train on one small batch (no augmentation); the loss must go to near zero."""
+                  lr: float = 0.05, weight_decay: float = 0.0, progress: bool | None = False) -> list[float]:
+    """Train on one small batch (no augmentation); the loss must go to near zero. `progress` as in `fit`
+    (a bar over the steps; None: on a terminal only)."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="sanity: overfit", unit="step", file=sys.stdout, mininterval=1.0, leave=False,
+                  disable=None if progress is None else not progress):
         loss = F.cross_entropy(model(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -23,9 +24,11 @@ import numpy as np
 import torch
 
 from . import config as configs, rundir
-from ..core import atomic, data, engine, env, models
+from ..core import atomic, data, engine, env, lock, models
 
-USER_ERRORS = (configs.ConfigError, data.DataError, engine.CheckpointError, engine.TrainingDiverged)
+USER_ERRORS = (configs.ConfigError, data.DataError, engine.CheckpointError, engine.TrainingDiverged, lock.Busy)
+# What a resumed run may not change: what shapes the split (the engine compares the training settings).
+SPLIT_KEYS = ("dataset", "val_size", "train_limit", "eval_limit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,23 +55,57 @@ def _parser(command: str, description: str, needs_checkpoint: bool, resumable: b
     return ap
 
 
-def _reopen(folder: str, command: str, config_arg: str | None, rest: list[str]) -> tuple[dict, rundir.RunDir]:
-    """The config and run folder of a run to resume; ConfigError when the folder cannot be resumed."""
+def resume_differences(ckpt: dict, config: dict, earlier_config: dict) -> dict[str, tuple]:
+    """{key: (the run's value, this config's)} for what a resumed run must keep: the training settings
+    (the engine's rule: max_epochs may grow), the model, its classes and architecture, and the split."""
+    differ = engine.resume_mismatch(ckpt, dataclasses.asdict(configs.train_config(config)),
+                                    ckpt.get("data_source"), ckpt.get("train_images"))
+    then = {"model": ckpt.get("model_name"), "classes": ckpt.get("num_classes"),
+            **{k: ckpt.get("arch", {}).get(k) for k in configs.model_arch(config)}}
+    now = {"model": config["model"], "classes": configs.num_classes(config), **configs.model_arch(config)}
+    then.update({k: earlier_config[k] for k in SPLIT_KEYS if k in earlier_config})
+    now.update({k: config[k] for k in SPLIT_KEYS if k in earlier_config})
+    differ.update({k: (then[k], now[k]) for k in now if then.get(k) != now[k]})
+    return differ
+
+
+def _reopen(folder: str, command: str, config_arg: str | None, rest: list[str],
+            argv: list[str]) -> tuple[dict, rundir.RunDir]:
+    """The config and run folder of a run to resume. ConfigError when the folder cannot be resumed,
+    lock.Busy while another process works in it; either way before the folder is touched."""
     path = Path(folder)
     last = path / "model_last.pth"
     if not (path / "run.json").is_file() or not last.is_file():
         raise configs.ConfigError(f"--resume: {path} holds no run.json and model_last.pth; expected the folder of a "
                                   f"{command} run that saved at least one checkpoint (every checkpoint_every epochs)")
-    config = configs.load(config_arg or path / "config.yaml", configs.parse_overrides(rest))
-    # Settings are checked before the folder's record is touched (fit checks the data again later).
-    ckpt = engine.load_checkpoint(last)
-    differ = engine.resume_mismatch(ckpt, dataclasses.asdict(configs.train_config(config)),
-                                   ckpt.get("data_source"), ckpt.get("train_images"))
-    if differ:
-        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
-        raise configs.ConfigError(f"--resume: {last} was made with other settings ({changes}); expected its own "
-                                  "settings (max_epochs may grow, not shrink below the epochs already run)")
-    return config, rundir.reopen(path, command, config, rest)
+    try:
+        held = rundir.claim(path, command, argv)
+    except OSError as exc:
+        raise configs.ConfigError(f"--resume: cannot write to {path} ({exc.strerror or exc}); expected a run folder "
+                                  "this user can write") from None
+    try:
+        earlier = rundir.read_manifest(path, command)
+        config = configs.load(config_arg or path / "config.yaml", configs.parse_overrides(rest))
+        # Settings are checked before the folder's record is touched (fit checks the data's fingerprint later).
+        differ = resume_differences(engine.load_checkpoint(last), config, earlier.get("config") or {})
+        if differ:
+            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
+            raise configs.ConfigError(f"--resume: {last} was made with other settings ({changes}); expected its own "
+                                      "settings (max_epochs may grow, not shrink below the epochs already run)")
+        return config, rundir.reopen(path, command, config, rest, held)
+    except BaseException:
+        held.release()
+        raise
+
+
+def output_folder(config: dict) -> Path:
+    """Where the run folder goes, made and checked writable before any work (ConfigError otherwise)."""
+    base = Path(config["output_dir"]) / config["dataset"]
+    try:
+        return atomic.ensure_writable(base)
+    except OSError as exc:
+        raise configs.ConfigError(f"output_dir: cannot write to {base} ({exc.strerror or exc}); expected a folder "
+                                  "this user can write: set output_dir=PATH (or in the config)") from None
 
 
 def run_command(command: str, description: str, body, argv: list[str] | None = None,
@@ -88,7 +125,7 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
             except SystemExit as exc:  # --help
                 return int(exc.code or 0)
             if getattr(args, "resume", None):
-                config, run = _reopen(args.resume, command, args.config, rest)
+                config, run = _reopen(args.resume, command, args.config, rest, argv)
             elif args.config is None:
                 raise configs.ConfigError("the following arguments are required: --config (or --resume RUN_FOLDER); "
                                           f"usage: python -m fastcifar.{command} --config FILE [overrides]")
@@ -105,9 +142,13 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
                 torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
             extra = f" --checkpoint {checkpoint}" if checkpoint else ""
             if run is None:
+                output_folder(config)
                 run = rundir.create(command, config, argv, extra)
-            run.update(device=env.device_name(device), checkpoint=str(checkpoint) if checkpoint else None)
+            run.update(device=env.device_name(device),
+                       checkpoint=os.path.relpath(checkpoint, run.path) if checkpoint else None)
             print(f"{command}: {'resuming in' if run.resuming else 'run folder'} {run.path}", flush=True)
+            for note in run.notes:
+                print(f"{command}: {note}", flush=True)
             t0 = time.perf_counter()
             body(config, run, device, checkpoint)
             run.finish(seconds=round(time.perf_counter() - t0, 1))
@@ -116,6 +157,8 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
     except USER_ERRORS as exc:
         if run is not None and not run.resuming and run.holds_nothing_yet():
             run.remove()  # the mistake was found before any output: leave nothing behind
+        elif run is not None and run.resuming and isinstance(exc, engine.ResumeRefused):
+            run.roll_back()  # refused once the data was read, before any training: the folder as it was
         elif run is not None:
             run.update(status="failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -134,6 +177,9 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
         if run is not None:
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if run is not None:
+            run.release()
 
 
 def load_splits(config: dict, run: rundir.RunDir | None = None) -> data.Splits:

@@ -21,6 +21,10 @@ from ..core import data, engine, env, models
 
 # YAML 1.1 (PyYAML) reads `1e-4` as a string: number keys accept such strings.
 
+# Where users' runs go by default, under the outputs folder: git-ignored, apart from the committed
+# evidence in outputs/toolkit/.
+RUNS_FOLDER = "runs"
+
 
 class ConfigError(ValueError):
     """A user's mistake in a config file or an override; the message says what was expected."""
@@ -35,6 +39,7 @@ class Key:
     choices: tuple = ()
     optional: bool = False  # null allowed
     minimum: float | None = None
+    maximum: float | None = None
     above: float | None = None  # strictly greater than
     below: float | None = None  # strictly less than
 
@@ -67,11 +72,12 @@ KEYS = [
     Key("bf16", "bool", True, "bf16 autocast (CUDA only)"),
     Key("channels_last", "bool", True, "channels_last memory format"),
     Key("checkpoint_every", "int", 5, "epochs between resumable checkpoints", minimum=1),
-    Key("seed", "int", 42, "seed of the split, the initialisation and the augmentation", minimum=0),
+    Key("seed", "int", 42, "seed of the split, the initialisation and the augmentation (0 to 2**32 - 1, numpy's "
+        "range)", minimum=0, maximum=2**32 - 1),
     # where and how
     Key("device", "choice", "auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda")),
     Key("output_dir", "str", None, "runs go to <output_dir>/<dataset>/<command>-<UTC time>/ (null: "
-        "$FASTCIFAR_OUTPUTS/toolkit or <project>/outputs/toolkit)", optional=True),
+        f"$FASTCIFAR_OUTPUTS/{RUNS_FOLDER} or <project>/outputs/{RUNS_FOLDER}, git-ignored)", optional=True),
     Key("tensorboard", "bool", True, "TensorBoard logs beside the CSV log (when installed)"),
     Key("progress", "bool", True, "progress bars"),
     # sanity checks (train, before fitting)
@@ -126,6 +132,8 @@ def _number(value, key: Key, where: str) -> float:
 def _bounds(value, key: Key, where: str, what: str):
     if key.minimum is not None and value < key.minimum:
         raise ConfigError(f"{where}: {key.name} must be {what} >= {key.minimum:g}, got {value!r}")
+    if key.maximum is not None and value > key.maximum:
+        raise ConfigError(f"{where}: {key.name} must be {what} <= {key.maximum:d}, got {value!r}")
     if key.above is not None and value <= key.above:
         raise ConfigError(f"{where}: {key.name} must be {what} > {key.above:g}, got {value!r}")
     if key.below is not None and value >= key.below:
@@ -281,7 +289,7 @@ def resolve(raw: dict, overrides: dict | None = None, source: str = "config", ch
         return "command line" if "command line" in layers else source
 
     if resolved["output_dir"] is None:
-        resolved["output_dir"] = str(env.outputs_dir() / "toolkit")
+        resolved["output_dir"] = str(env.outputs_dir() / RUNS_FOLDER)
     if resolved["lr_finder_min"] >= resolved["lr_finder_max"]:
         raise ConfigError(f"{where('lr_finder_min', 'lr_finder_max')}: lr_finder_min ({resolved['lr_finder_min']:g}) "
                           f"must be below lr_finder_max "
@@ -295,9 +303,12 @@ def resolve(raw: dict, overrides: dict | None = None, source: str = "config", ch
     if check_data:
         folder = data_folder(resolved)
         if not folder.is_dir():
+            get = f"`{data.download_command(resolved['dataset'])}` (needs internet)"
+            if resolved["dataset"] == "cifar10":
+                get = f"`make data` (from ../shared/data) or {get}"
             raise ConfigError(f"{where('data_dir', 'dataset')}: data_dir: no folder {folder} for dataset "
-                              f"{resolved['dataset']}; expected "
-                              f"data_dir (or ${env.DATA_ENV}) to name the folder holding {folder.name}/")
+                              f"{resolved['dataset']}; expected data_dir (or ${env.DATA_ENV}) to name the folder "
+                              f"holding {folder.name}/; get it with {get}")
     return resolved
 
 

@@ -9,6 +9,7 @@ per_class.csv, confusion_matrix.csv and confusion_matrix.png.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -28,7 +29,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean, std, device, batch
     model.eval()
     out = []
     starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="evaluate", disable=not progress, file=sys.stdout, mininterval=2.0):
+    for i in tqdm(starts, desc="evaluate", disable=None if progress else True, file=sys.stdout, mininterval=2.0):
         x = to_tensor(images[i:i + batch_size], device, mean, std)
         out.append(model(x).float().cpu())
     return torch.cat(out)
@@ -107,7 +108,8 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     with atomic.atomic_path(run.file("confusion_matrix.csv")) as tmp:
         pd.DataFrame(confusion, index=classes, columns=classes).to_csv(tmp)
     summary = {k: v for k, v in result.items() if k not in ("per_class", "per_class_images")}
-    summary.update(split=config["eval_split"], checkpoint=str(checkpoint))
+    # relative to this run folder: a path of the machine that ran it would mean nothing on another
+    summary.update(split=config["eval_split"], checkpoint=os.path.relpath(checkpoint, run.path))
     if split.coarse_labels is not None and splits.train.coarse_labels is not None:
         # fine -> coarse as the training labels pair them; a prediction counts when its superclass is right
         fine_to_coarse = np.zeros(expected, dtype=np.int64)

@@ -85,7 +85,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     points = grid_points(config)
     print(f"grid_search: {len(points)} points x {config['grid_epochs']} epochs", flush=True)
     rows, histories = [], {}
-    bar = tqdm(points, desc="grid", disable=not config["progress"], file=sys.stdout)
+    bar = tqdm(points, desc="grid", disable=None if config["progress"] else True, file=sys.stdout)
     for i, values in enumerate(bar, start=1):
         point_config = {**config, **values, "max_epochs": config["grid_epochs"]}
         model = commands.build_model(point_config)

@@ -41,7 +41,7 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, 
     optimizer = engine.make_optimizer(model.parameters(), cfg, lr=lr_min)
     rows, average, best = [], 0.0, math.inf
     batches = iter(loader)
-    bar = tqdm(range(steps), desc="lr sweep", disable=not progress, file=sys.stdout, mininterval=2.0)
+    bar = tqdm(range(steps), desc="lr sweep", disable=None if progress else True, file=sys.stdout, mininterval=2.0)
     for step in bar:
         lr = lr_min * (lr_max / lr_min) ** (step / (steps - 1))
         for group in optimizer.param_groups:
