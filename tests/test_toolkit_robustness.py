@@ -173,6 +173,9 @@ def test_users_runs_go_to_a_git_ignored_folder_and_the_evidence_stays_tracked(mo
     run_file = default / "cifar10" / "train-20260101-000000" / "run.json"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(run_file.relative_to(ROOT))], cwd=ROOT)
     assert ignored.returncode == 0, "outputs/runs/ must be git-ignored"
+    for left in ("outputs/.pipeline.lock", "outputs/smoke/.pipeline.lock",
+                 "outputs/toolkit/cifar10/train-20260101-000000/.lock"):  # what a run killed outright leaves
+        assert subprocess.run(["git", "check-ignore", "-q", left], cwd=ROOT).returncode == 0, left
     evidence = next((ROOT / "outputs" / "toolkit" / "cifar10").glob("evaluate-*/metrics.json"))
     kept = subprocess.run(["git", "check-ignore", "-q", str(evidence.relative_to(ROOT))], cwd=ROOT)
     assert kept.returncode == 1  # the committed evidence is not ignored
