@@ -8,13 +8,6 @@ from fastcifar.core import bench
 from fastcifar.series import pipeline
 
 
-def test_parse_params():
-    assert pipeline.parse_params(["epochs=3", "bar=90.5", "name=resnet", "modes=['a', 'b']"]) == {
-        "epochs": 3, "bar": 90.5, "name": "resnet", "modes": ["a", "b"]}
-    with pytest.raises(ValueError, match="name=value"):
-        pipeline.parse_params(["epochs"])
-
-
 def test_every_notebook_is_found_and_has_a_parameters_cell():
     from fastcifar.series.notebook_params import notebook_parameters
 

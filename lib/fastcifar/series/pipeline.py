@@ -116,13 +116,6 @@ def notebook_paths(root: Path | None = None, which: list[str] | None = None) -> 
     return found
 
 
-def parse_params(pairs: list[str]) -> dict:
-    """`-p` texts as {name or NOTEBOOK.name: Python literal or text} (no checks against notebooks)."""
-    from .notebook_params import literal, split_assignments
-
-    return {(f"{scope}." if scope else "") + name: literal(value) for scope, name, value in split_assignments(pairs)}
-
-
 def _as_pairs(params) -> list[str]:
     if params is None:
         return []

@@ -39,7 +39,7 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, 
     device = torch.device(device)
     model.train()
     optimizer = engine.make_optimizer(model.parameters(), cfg, lr=lr_min)
-    rows, average, best = [], 0.0, math.inf
+    rows, running, best = [], RunningMean(smoothing), math.inf
     batches = iter(loader)
     bar = tqdm(range(steps), desc="lr sweep", disable=None if progress else True, file=sys.stdout, mininterval=2.0)
     for step in bar:
@@ -59,8 +59,7 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, 
         value = loss.item()
         if not math.isfinite(value):
             break
-        average = smoothing * average + (1 - smoothing) * value
-        smoothed = average / (1 - smoothing ** (step + 1))  # bias correction of the running mean
+        smoothed = running.add(value)
         rows.append({"step": step + 1, "lr": lr, "loss": value, "smoothed": smoothed})
         best = min(best, smoothed)
         bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smoothed:.3f}")
@@ -70,12 +69,18 @@ def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, 
     return pd.DataFrame(rows)
 
 
-def _running_mean(values: np.ndarray, smoothing: float) -> np.ndarray:
-    out, average = np.empty(len(values)), 0.0
-    for i, v in enumerate(values):
-        average = smoothing * average + (1 - smoothing) * v
-        out[i] = average / (1 - smoothing ** (i + 1))
-    return out
+class RunningMean:
+    """The causal exponential mean of the loss that stops the sweep, bias-corrected so that its first
+    values are not pulled towards 0."""
+
+    def __init__(self, smoothing: float):
+        self.smoothing, self.average, self.count = smoothing, 0.0, 0
+
+    def add(self, value: float) -> float:
+        """Take the next loss; return the smoothed loss up to it."""
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * value
+        self.count += 1
+        return self.average / (1 - self.smoothing ** self.count)
 
 
 def centred(losses: np.ndarray, smoothing: float) -> np.ndarray:
