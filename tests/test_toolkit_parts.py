@@ -176,19 +176,19 @@ def test_lr_finder_suggestion_on_a_known_curve():
 
 def test_centred_mean_does_not_lag():
     ramp = np.r_[np.zeros(50), np.ones(50)]  # a step at index 50
-    mean = lr_finder.RunningMean(0.9)  # the one lr_sweep stops on
+    mean = lr_finder.RunningMean(0.9)  # the one lr_range_test stops on
     running = np.array([mean.add(v) for v in ramp])
     both_ways = lr_finder.centred(ramp, 0.9)
     assert np.argmax(running > 0.5) > 55  # the running mean crosses half way late
     assert abs(np.argmax(both_ways > 0.5) - 50) <= 1  # the centred one at the step
 
 
-def test_lr_sweep_grows_the_rate_and_stops_on_divergence():
+def test_lr_range_test_grows_the_rate_and_stops_on_divergence():
     torch.manual_seed(0)
     model = Tiny()
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
     cfg = engine.TrainConfig(optimizer="sgd", bf16=False)
-    sweep = lr_finder.lr_sweep(model, [(x, y)] * 4, cfg, "cpu", 1e-4, 1e4, 60, progress=False)
+    sweep = lr_finder.lr_range_test(model, [(x, y)] * 4, cfg, "cpu", 1e-4, 1e4, 60, progress=False)
     assert sweep.lr.is_monotonic_increasing and sweep.lr.iloc[0] == pytest.approx(1e-4)
     assert len(sweep) < 60  # a rate of 1e4 diverges long before the end
     mean = lr_finder.RunningMean(0.95)  # the sweep's smoothed column is that mean of its losses

@@ -108,10 +108,11 @@ def output_folder(config: dict) -> Path:
                                   "this user can write: set output_dir=PATH (or in the config)") from None
 
 
-def run_command(command: str, description: str, body, argv: list[str] | None = None,
+def run_command(command: str, description: str, work, argv: list[str] | None = None,
                 needs_checkpoint: bool = False, resumable: bool = False) -> int:
-    """Parse, validate, make the run folder (or reopen it with --resume), then
-    `body(config, run, device, checkpoint)`.
+    """Parse, validate, make the run folder (or reopen it with --resume), then the command's own
+    `work(config, run, device, checkpoint)` (train.train_from_config, lr_finder.find_lr, grid_search.search_grid,
+    evaluate.evaluate_checkpoint).
 
     Returns the exit status: 0; 2 for a user's mistake (one message, no traceback; a run folder that
     holds nothing yet is removed); 130 or 143 when stopped by Ctrl-C or SIGTERM (run.json says
@@ -150,7 +151,7 @@ def run_command(command: str, description: str, body, argv: list[str] | None = N
             for note in run.notes:
                 print(f"{command}: {note}", flush=True)
             t0 = time.perf_counter()
-            body(config, run, device, checkpoint)
+            work(config, run, device, checkpoint)
             run.finish(seconds=round(time.perf_counter() - t0, 1))
             print(f"{command}: done in {time.perf_counter() - t0:.1f} s; outputs in {run.path}", flush=True)
             return 0

@@ -70,7 +70,7 @@ def split_differences(ckpt: dict, config: dict, train_images: int) -> list[str]:
     return lines
 
 
-def body(config: dict, run, device, checkpoint=None) -> None:
+def evaluate_checkpoint(config: dict, run, device, checkpoint=None) -> None:
     import pandas as pd
 
     model, ckpt = engine.load_model(checkpoint, device)
@@ -136,7 +136,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return commands.run_command("evaluate", "Loss, top-1/top-5, per-class accuracy and confusion matrix of a "
-                                "checkpoint.", body, argv, needs_checkpoint=True)
+                                "checkpoint.", evaluate_checkpoint, argv, needs_checkpoint=True)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def grid_figure(results, histories: dict, path, title: str):
     plt.close(fig)
 
 
-def body(config: dict, run, device, checkpoint=None) -> None:
+def search_grid(config: dict, run, device, checkpoint=None) -> None:
     import pandas as pd
 
     check_grid(config)
@@ -143,7 +143,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return commands.run_command("grid_search", "Mini grid search over lr x weight decay x blocks x widths; best "
-                                "point on validation accuracy.", body, argv)
+                                "point on validation accuracy.", search_grid, argv)
 
 
 if __name__ == "__main__":

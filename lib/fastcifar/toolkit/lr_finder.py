@@ -31,7 +31,7 @@ from ..core import atomic, engine, plots
 from ..core.data import GpuLoader
 
 
-def lr_sweep(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, lr_min: float, lr_max: float,
+def lr_range_test(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", device, lr_min: float, lr_max: float,
              steps: int, smoothing: float = 0.95, divergence: float = 4.0, progress: bool = True):
     """Loss at each learning rate of an exponential sweep -> DataFrame(step, lr, loss, smoothed)."""
     import pandas as pd
@@ -119,7 +119,7 @@ def suggest(sweep, smoothing: float = 0.95) -> dict:
             "stopped_at_lr": float(lrs[-1])}
 
 
-def sweep_figure(sweep, suggestion: dict, path, title: str = ""):
+def lr_finder_figure(sweep, suggestion: dict, path, title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +141,7 @@ def sweep_figure(sweep, suggestion: dict, path, title: str = ""):
     plt.close(fig)
 
 
-def body(config: dict, run, device, checkpoint=None) -> None:
+def find_lr(config: dict, run, device, checkpoint=None) -> None:
     splits = commands.load_splits(config, run)
     model = commands.build_model(config)
     print(f"model: {commands.describe_model(config, model)}", flush=True)
@@ -150,7 +150,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = GpuLoader(splits.train, cfg.batch_size, device, splits.mean, splits.std, train=True, cutout=cfg.cutout,
                        seed=cfg.seed, channels_last=channels_last)
-    sweep = lr_sweep(model, loader, cfg, device, config["lr_finder_min"], config["lr_finder_max"],
+    sweep = lr_range_test(model, loader, cfg, device, config["lr_finder_min"], config["lr_finder_max"],
                      config["lr_finder_steps"], config["lr_finder_smoothing"], config["lr_finder_divergence"],
                      config["progress"])
     try:
@@ -161,7 +161,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
         sweep.to_csv(tmp, index=False)
     commands.write_json(run.file("lr_finder.json"), {"optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
                                                       "batch_size": cfg.batch_size, **suggestion})
-    sweep_figure(sweep, suggestion, run.file("lr_finder.png"),
+    lr_finder_figure(sweep, suggestion, run.file("lr_finder.png"),
                  f"LR finder: {config['model']} on {config['dataset']}, {cfg.optimizer}, batch {cfg.batch_size}")
     run.update(result=suggestion)
     print(f"lr_finder: suggested range {suggestion['range'][0]:.2e} .. {suggestion['range'][1]:.2e}, value "
@@ -172,7 +172,7 @@ def body(config: dict, run, device, checkpoint=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return commands.run_command("lr_finder", "Exponential learning-rate sweep: smoothed loss against lr, "
-                                "suggested range and value.", body, argv)
+                                "suggested range and value.", find_lr, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from . import commands, config as configs, rundir
 from ..core import engine, models
 
 
-def train_body(config: dict, run: rundir.RunDir, device: torch.device, checkpoint=None) -> None:
+def train_from_config(config: dict, run: rundir.RunDir, device: torch.device, checkpoint=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +79,7 @@ def cpu_estimate(model, splits, cfg, device) -> str:
 def main(argv: list[str] | None = None) -> int:
     return commands.run_command("train", "Sanity checks, then full training with the config's settings (the same "
                                 "train.fit the notebooks use); checkpoints, CSV and TensorBoard logs, curves.",
-                                train_body, argv, resumable=True)
+                                train_from_config, argv, resumable=True)
 
 
 if __name__ == "__main__":
