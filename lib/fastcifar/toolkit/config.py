@@ -7,6 +7,16 @@ key and what was expected. The commands print that message and exit with code 2.
 
 Command-line overrides change single keys: `--max_epochs 20`, `--max_epochs=20` or `max_epochs=20`;
 values are read as YAML (`blocks=[2,2,2]`, `data_dir=null`).
+
+Why hand-written and not pydantic or OmegaConf (weighed, kept): the checks here are one table of keys
+and about a hundred lines, and what they say is the point: one line per mistake, naming the key, whether
+the file or the command line gave it, what was expected, and the nearest known key for a typo. pydantic
+would validate the types as well, but its errors are a multi-line report per model (location tuples,
+error types, input values) that the commands would have to rewrite into that line, it knows nothing of
+which layer gave a value, and it is a dependency the library does not otherwise need. OmegaConf's
+dotlist merge does `key=value` overrides, but not the `--key value` forms, not YAML 1.1's `1e-4` read
+as text, not the refusal of a key given twice, and its errors name neither the file nor the fix. Either
+would move the same rules into another library's vocabulary without removing any of them.
 """
 from __future__ import annotations
 
