@@ -153,3 +153,29 @@ def test_console_script_commands_name_modules_that_exist():
     targets = {key.value: value.elts[0].value for key, value in zip(table.keys, table.values)}
     missing = {name: target for name, target in targets.items() if target not in MODULES}
     assert not missing, f"lib/fastcifar/cli.py COMMANDS names modules that do not exist: {missing}"
+
+
+def test_no_module_uses_another_modules_private_names():
+    """`_name` is private to its module: a helper that another module needs is public there, under a name."""
+    problems = []
+    for m, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        aliases = {}  # local name -> the fastcifar module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for target, line, text in GRAPH[m]:
+                    if line == node.lineno:
+                        for alias in node.names:
+                            if alias.name.startswith("_") and not alias.name.startswith("__"):
+                                problems.append(f"{where(m, line)}: `{text}` imports the private {alias.name}")
+                            if f"{target.rsplit('.', 1)[-1]}" == alias.name and target in MODULES:
+                                aliases[alias.asname or alias.name] = target
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in MODULES and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                problems.append(f"{where(m, node.lineno)}: {node.value.id}.{node.attr} is private to {aliases[node.value.id]}")
+    assert not problems, "\n".join(problems)

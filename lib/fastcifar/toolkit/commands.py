@@ -227,4 +227,4 @@ def describe_model(config: dict, model: torch.nn.Module) -> str:
 
 
 def write_json(path: Path, payload: dict) -> Path:
-    return atomic.write_text(path, json.dumps(payload, indent=2, default=rundir._plain))
+    return atomic.write_text(path, json.dumps(payload, indent=2, default=rundir.plain))

@@ -51,7 +51,7 @@ def lr_range_test(model: torch.nn.Module, loader, cfg: "engine.TrainConfig", dev
         except StopIteration:  # the training split is shorter than the sweep: next epoch
             batches = iter(loader)
             x, y = next(batches)
-        with engine._autocast(device, cfg):
+        with engine.autocast(device, cfg.bf16):
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,7 @@ from ..core import atomic, env, lock
 LOCK_NAME = ".lock"
 
 
-def _plain(value):
+def plain(value):
     """numpy scalars as numbers, anything else JSON cannot write (paths) as text."""
     return value.item() if hasattr(value, "item") else str(value)
 
@@ -93,7 +93,7 @@ class RunDir:
     def update(self, **entries) -> None:
         """Add entries to run.json and rewrite it (atomically, so a killed run leaves a whole file)."""
         self.manifest.update(entries)
-        atomic.write_text(self.path / "run.json", json.dumps(self.manifest, indent=2, default=_plain))
+        atomic.write_text(self.path / "run.json", json.dumps(self.manifest, indent=2, default=plain))
 
     def finish(self, **entries) -> None:
         self.update(status="finished", finished=_now(), **entries)
