@@ -26,7 +26,11 @@ METADATA_PREFIX = "fastcifar."
 
 class Inference(nn.Module):
     """What the ONNX graph computes: the model, and with `mirror` the mean of its logits for the batch
-    and for the batch mirrored left-right (one pass over 2N images, as optimize.with_mirror does)."""
+    and for the batch mirrored left-right (one pass over 2N images, as optimize.with_mirror does).
+
+    The arithmetic is with_mirror's, written out because the export needs the batch size as
+    `image.shape[0]`: with_mirror slices with `len(x)`, which torch.export turns into a constant, and the
+    ONNX graph would then take only the batch size it was traced with."""
 
     def __init__(self, model: nn.Module, mirror: bool = False):
         super().__init__()
