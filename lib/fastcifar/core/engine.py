@@ -1,4 +1,11 @@
-"""Training engine: one `fit` for every model of the sprint, checkpoints, sanity checks.
+"""Training engine: `fit` for the light models, the teacher and the toolkit's models; checkpoints;
+evaluation (`evaluate`, the one accuracy of a model); sanity checks.
+
+There are two training loops, and this is the general one. FastNet trains on its recipe's own loop
+(series/recipe.py says why: a summed loss with per-group step sizes, a schedule counted in steps,
+lookahead averaging and a whitening layer, and no checkpoint choice), which imports from here what
+is the same: `autocast`, `evaluate`, `save_checkpoint` / `load_model`, beside core.data's loader and
+core.distill's loss.
 
 Recipe (J3-03, one place): SGD momentum 0.9 (Nesterov), weight decay 5e-4, learning rate 0.1 at
 batch 128 scaled linearly with the batch, a short linear warm-up then cosine decay to zero, optional
