@@ -390,3 +390,24 @@ def test_a_narrow_latency_histogram_has_readable_ticks():
     assert len(shown) >= 3 and all("^" not in t and "times" not in t for t in shown), shown  # plain ms, not 10^x
     counts = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
     assert all(float(t).is_integer() for t in counts), counts  # calls are whole
+
+
+def test_every_epoch_axis_has_whole_epochs(monkeypatch):
+    from fastcifar.toolkit import grid_search
+
+    def whole(ax):
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        return ticks and all(float(t).is_integer() for t in ticks)
+
+    runs = {"F1": [{"epoch": 1, "train_loss": 1.0, "val_acc": 50.0}, {"epoch": 2, "train_loss": 0.8, "val_acc": 60.0}]}
+    fig = report.fastnet_curves(runs)
+    assert all(whole(ax) for ax in fig.axes) and fig.axes[0].get_legend() is not None
+    results = pd.DataFrame({"point": [1, 2], "lr": [0.001, 0.002], "weight_decay": [1e-4, 1e-4],
+                            "blocks": ["[1, 1, 1]"] * 2, "widths": ["[4, 8, 16]"] * 2,
+                            "best_val_acc": [50.0, 55.0], "final_val_loss": [1.0, 0.9]})
+    history = pd.DataFrame({"epoch": [1, 2], "val_acc": [40.0, 50.0]})
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig))  # grid_figure closes its figure
+    grid_search.grid_figure(results, {1: history, 2: history}, None, "grid")
+    assert whole(drawn[0].axes[1])

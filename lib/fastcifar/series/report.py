@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import atomic
-from ..core.plots import save_figure, training_curves  # noqa: F401
+from ..core.plots import integer_epochs, save_figure, training_curves  # noqa: F401
 from ..core.tables import markdown_table  # noqa: F401
 
 SEED_COLUMNS = {"id": "ID", "variant": "Variant", "accuracy": "Test acc. (%)", "val_accuracy": "Val acc. (%)",
@@ -186,7 +186,9 @@ def fastnet_curves(histories: dict, path=None):
         ax_acc.plot(epochs, [r["val_acc"] for r in h], f"C{i}", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss per image", title="training loss (augmented, smoothed labels)")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy (no mirror)")
-    ax_acc.legend(fontsize=7)
+    for ax in (ax_loss, ax_acc):
+        integer_epochs(ax)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 

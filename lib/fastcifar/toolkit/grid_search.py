@@ -70,6 +70,7 @@ def grid_figure(results, histories: dict, path, title: str):
         ax_curve.plot(history.epoch, history.val_acc, "o-", ms=3, color="C2" if is_best else "0.6", lw=2 if is_best else 0.8,
                       zorder=3 if is_best else 1, label="best point" if is_best else None)
     ax_curve.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy per epoch")
+    plots.integer_epochs(ax_curve)
     ax_curve.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
