@@ -505,6 +505,12 @@ def test_wait_runs_after_the_first_run_ends(tiny_project, tmp_path):
         try:
             wait_for(lambda: "[pipeline] waiting for pid" in second_log.read_text(), second)
             assert f"pid {first.pid}" in second_log.read_text() and not (out / "notebooks" / "J2_tiny.ipynb").exists()
+            with open(tmp_path / "third.out", "w") as log:  # one more waits, and is stopped while it waits
+                third = start_pipeline("--wait", "--only", "J4", stdout=log)
+            err = signal_when_ready(third, lambda: "waiting for pid" in (tmp_path / "third.out").read_text(),
+                                    signal.SIGTERM)
+            assert third.returncode == 143 and err.strip().endswith("; nothing was started (it was waiting for "
+                                                                     "another run)"), err
             release.write_text("")
             assert first.wait(timeout=120) == 0
             _, second_err = second.communicate(timeout=120)

@@ -270,7 +270,12 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
         raise OutputsNotWritable(f"cannot write to {out_dir} ({exc.strerror or exc}); expected a writable outputs "
                                  f"folder: set ${env.OUTPUTS_ENV} to one") from None
     said = lambda holder: print(f"[pipeline] waiting for {holder.describe()} to finish with {out_base}", flush=True)
-    with lock.held(out_base / LOCK_NAME, command, wait=wait, on_wait=said, hint=", or pass --wait") as stale:
+    try:
+        me, stale = lock.acquire(out_base / LOCK_NAME, command, wait=wait, on_wait=said, hint=", or pass --wait")
+    except KeyboardInterrupt as exc:  # stopped while waiting: this run had not started
+        exc.nothing_started = True
+        raise
+    try:
         if stale is not None:
             print(f"[pipeline] took over the lock of {stale.describe()}, which is gone", flush=True)
         if prof.is_smoke:  # said on the terminal too, not only inside the executed notebooks
@@ -279,6 +284,8 @@ def run(profile: str = "auto", only: list[str] | None = None, params=None, progr
                   f"epoch(s), {'CPU timings, not GPU latency' if cpu else 'timings of a smoke run'}; rows marked "
                   f"profile=smoke, results in {out_base}", flush=True)
         return _run_locked(prof, selected, paths, values, progress, root, out_base, out_dir)
+    finally:
+        lock.release(out_base / LOCK_NAME, me)
 
 
 def _run_locked(prof, selected, paths, values, progress, root, out_base, out_dir) -> list[dict]:
@@ -367,8 +374,9 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         said, status = atomic.stop_reason(exc)
-        print(f"{ap.prog}: {said}; temporary files removed, results put back as before the interrupted notebook",
-              file=sys.stderr)
+        done = ("nothing was started (it was waiting for another run)" if getattr(exc, "nothing_started", False)
+                else "temporary files removed, results put back as before the interrupted notebook")
+        print(f"{ap.prog}: {said}; {done}", file=sys.stderr)
         return status
     return 0
 
