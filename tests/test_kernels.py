@@ -397,3 +397,12 @@ def test_bench_table_prints_failed_rows(capsys):
                  {"network": "n", "mirror": True, "path": "p", "status": "ok", "host_p95_ms": 0.0321}])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and "failed" in out[1] and "0.0321" in out[2]
+
+
+def test_output_buffers_of_the_wrong_kind_are_refused():
+    with pytest.raises(ValueError, match="float32"):
+        megakernel._output_buffers((torch.zeros(1, 10, dtype=torch.float16), torch.zeros(1, dtype=torch.int32)), 10, "cpu")
+    with pytest.raises(ValueError, match=r"\(1,\)"):
+        megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(2, dtype=torch.int32)), 10, "cpu")
+    with pytest.raises(ValueError, match="pinned host memory"):  # plain host memory: the kernel cannot write it
+        megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(1, dtype=torch.int32)), 10, torch.device("meta"))

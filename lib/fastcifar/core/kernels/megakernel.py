@@ -516,15 +516,35 @@ class Megakernel:
         from cuda.bindings import driver
 
         self._args[0].value = image.data_ptr()
-        self._config.hStream = driver.CUstream(torch.cuda.current_stream(image.device).cuda_stream)
+        # the weights' device: the image may be pinned host memory, which the kernel reads across the bus
+        self._config.hStream = driver.CUstream(torch.cuda.current_stream(self.blob.device).cuda_stream)
         _check(driver.cuLaunchKernelEx(self._config, self.function, ctypes.addressof(self._args[-1]), 0),
                "cuLaunchKernelEx")
         return self.logits
 
 
+def _output_buffers(outputs, classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, top_class) for the kernel to write: new device buffers, or the caller's. Pinned host
+    buffers are written by the kernel across the bus, so that a caller reads them without a copy."""
+    device = torch.device(device)
+    if outputs is None:
+        return (torch.zeros(1, classes, dtype=torch.float32, device=device),
+                torch.zeros(1, dtype=torch.int32, device=device))
+    logits, top = outputs
+    for t, dtype, shape in ((logits, torch.float32, (1, classes)), (top, torch.int32, (1,))):
+        if t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"megakernel outputs: expected contiguous {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+        if t.device != device and not (t.device.type == "cpu" and t.is_pinned()):
+            raise ValueError(f"megakernel outputs live on {device} or in pinned host memory, not on {t.device}")
+    return logits, top
+
+
 def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: str = "fp16", timing: bool = False,
-                 mean=None, std=None, threads: int = THREADS, band_groups: int = BAND_GROUPS) -> Megakernel:
-    """Plan, pack, compile (NVRTC) and load the megakernel for a packed FastNet on its CUDA device."""
+                 mean=None, std=None, threads: int = THREADS, band_groups: int = BAND_GROUPS,
+                 outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> Megakernel:
+    """Plan, pack, compile (NVRTC) and load the megakernel for a packed FastNet on its CUDA device.
+    `outputs` (logits (1, classes) FP32, top class (1,) int32) are where it writes, when given: device
+    buffers or pinned host memory (see _output_buffers); by default new device buffers."""
     from cuda.bindings import driver
 
     device = packed.head.device
@@ -566,8 +586,7 @@ def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: 
                  "shared_bytes": plan.shared_bytes, "cluster": cluster, "threads": plan.threads,
                  "max_active_clusters": active, "ptxas": " ".join(line for line in log.splitlines() if "ptxas" in line)[:400]}
     blob = pack_blob(packed, plan, mean, std)
-    logits = torch.zeros(1, plan.classes, dtype=torch.float32, device=device)
-    top = torch.zeros(1, dtype=torch.int32, device=device)
+    logits, top = _output_buffers(outputs, plan.classes, device)
     stamps = torch.zeros(cluster, plan.nstamps, dtype=torch.int64, device=device) if timing else None
     args = [ctypes.c_void_p(0), ctypes.c_void_p(blob.data_ptr()), ctypes.c_void_p(logits.data_ptr()),
             ctypes.c_void_p(top.data_ptr()), ctypes.c_void_p(stamps.data_ptr() if stamps is not None else 0)]
