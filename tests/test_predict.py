@@ -343,17 +343,17 @@ def test_e2e_rows_time_the_device_resident_and_the_e2e_call_alternately(said):
 
 
 def test_e2e_verdict_compares_p95_with_the_target_and_splits_the_excess():
-    def row(vid, run, p95, mean, gpu):
-        return {"id": vid, "run": run, "lat_p95_ms": p95, "lat_mean_ms": mean, "gpu_mean_ms": gpu,
-                "profile": "full", "device_name": "NVIDIA H200"}
+    def row(vid, run, p95):
+        return {"id": vid, "run": run, "lat_p95_ms": p95, "profile": "full", "device_name": "NVIDIA H200"}
 
-    rows = [row("F1", 1, 0.030, 0.028, 0.020), row("F1-e2e", 1, 0.033, 0.032, 0.022),
-            row("F1", 2, 0.030, 0.028, 0.020), row("F1-e2e", 2, 0.035, 0.032, 0.022)]
+    rows = [row("F1", 1, 0.030), row("F1-e2e", 1, 0.033), row("F1-e2e-graph", 1, 0.031),
+            row("F1", 2, 0.030), row("F1-e2e", 2, 0.035), row("F1-e2e-graph", 2, 0.033)]
     lines = predict.e2e_verdict(rows)
-    assert "+4.0 us" in lines[0] and lines[0].endswith("met")
-    assert "+2.0 us of GPU time" in lines[1] and "+2.0 us on the host" in lines[1] and len(lines) == 2
+    assert lines[0].startswith("F1-e2e: e2e p95 0.0340 ms against 0.0300 ms") and "+4.0 us" in lines[0]
+    assert lines[0].endswith("met") and len(lines) == 2
+    assert "graph alone" in lines[1] and "+2.0 us; the host's part" in lines[1] and lines[1].count("+2.0 us") == 2
     assert predict.e2e_verdict(rows, target_us=3.0)[0].endswith("MISSED")
-    assert "no device-resident row" in predict.e2e_verdict(rows[1::2])[0]
+    assert "no device-resident row" in predict.e2e_verdict([r for r in rows if r["id"] != "F1"])[0]
 
 
 def test_the_grid_marks_mistakes_and_the_confusion_matrix_counts_every_image(tmp_path, predictor):
@@ -393,17 +393,20 @@ def _final_and_test_images(n):
     return model, ckpt, cifar.test.images[:n]
 
 
-GPU_SPECS = {"megakernel": optimize.Spec("fp16", cuda_graph=True, backend="megakernel"),
-             "torch-fp16": optimize.Spec("fp16", fold_bn=True, cuda_graph=True)}
+MEGA = optimize.Spec("fp16", cuda_graph=True, backend="megakernel")
+GPU_SPECS = {"megakernel-host-io": (MEGA, "host"), "megakernel-copies": (MEGA, "copies"),
+             "torch-fp16": (optimize.Spec("fp16", fold_bn=True, cuda_graph=True), None)}
 
 
 @on_gpu
 @pytest.mark.parametrize("name", sorted(GPU_SPECS))
-def test_the_predictors_graph_matches_the_variant_on_1000_test_images(name):
+def test_the_predictors_graph_matches_the_variant_on_1000_test_images(name, monkeypatch):
     from fastcifar.core.kernels import TOLERANCE
 
     model, ckpt, images = _final_and_test_images(1000)
-    spec = GPU_SPECS[name]
+    spec, io = GPU_SPECS[name]
+    if io:
+        monkeypatch.setattr(predict, "MEGAKERNEL_IO", io)
     predictor = Predictor(model, spec, ckpt["mean"], ckpt["std"], ckpt["classes"], device="cuda", say=None)
     x = data.to_tensor(images, "cuda", ckpt["mean"], ckpt["std"])
     variant = optimize.build(model, spec, x[:1])
@@ -428,9 +431,12 @@ def test_the_predictors_graph_matches_the_variant_on_1000_test_images(name):
 
 @on_gpu
 @pytest.mark.parametrize("name", sorted(GPU_SPECS))
-def test_10000_back_to_back_calls_return_consistent_results(name):
+def test_10000_back_to_back_calls_return_consistent_results(name, monkeypatch):
     model, ckpt, images = _final_and_test_images(10)
-    predictor = Predictor(model, GPU_SPECS[name], ckpt["mean"], ckpt["std"], ckpt["classes"], device="cuda", say=None)
+    spec, io = GPU_SPECS[name]
+    if io:
+        monkeypatch.setattr(predict, "MEGAKERNEL_IO", io)
+    predictor = Predictor(model, spec, ckpt["mean"], ckpt["std"], ckpt["classes"], device="cuda", say=None)
     first = [predictor(img) for img in images]
     assert len({p.class_id for p in first}) > 1  # the graph reads each new image
     for i in range(10_000):
@@ -439,3 +445,15 @@ def test_10000_back_to_back_calls_return_consistent_results(name):
         if i % 1000 == 999:
             again = predictor(images[k])
             assert np.array_equal(again.probabilities, first[k].probabilities), i
+
+
+@on_gpu
+def test_e2e_rows_on_cuda_time_the_graph_alone_and_no_gpu_events_for_e2e():
+    model, ckpt, images = _final_and_test_images(1)
+    entry = {"id": "F1-mega", "variant": "FastNet F1", "model_name": "fastnet", "model": model, "spec": MEGA}
+    rows = predict.e2e_rows(entry, images[0], ckpt["mean"], ckpt["std"], ckpt["classes"], runs=2, warmup_iters=5,
+                            measure_iters=20, meta={"profile": "full"}, device="cuda", say=None)
+    assert list(rows.id[:3]) == ["F1-mega", "F1-mega-e2e", "F1-mega-e2e-graph"] and len(rows) == 6
+    resident, e2e = rows[rows.id == "F1-mega"], rows[rows.id != "F1-mega"]
+    assert resident.gpu_mean_ms.notna().all() and e2e.gpu_mean_ms.isna().all()  # the e2e call waits inside
+    assert len(predict.e2e_verdict(rows)) == 2

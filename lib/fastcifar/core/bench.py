@@ -155,9 +155,9 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
 
     `end_to_end` (a device) times another thing on purpose: a call that takes `inputs` on the host, one
     image (batch 1), and returns its result on the host, the copies inside the timed call. The model
-    computes on that device (sync and events are its); the check that model and input share a device
-    does not apply (its result must still come back on the host), and the result says `end_to_end`:
-    label its rows "e2e", apart from the protocol's.
+    computes on that device (sync is its; no GPU events by default: the call waits for the GPU itself);
+    the check that model and input share a device does not apply (its result must still come back on
+    the host), and the result says `end_to_end`: label its rows "e2e", apart from the protocol's.
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor already on the device, got {type(inputs).__name__}")
@@ -170,8 +170,8 @@ def benchmark_latency(model: Callable, inputs: torch.Tensor, warmup_iters: int =
     on_cuda = device.type == "cuda"
     if sync is None:
         sync = torch.cuda.current_stream(device).synchronize if on_cuda else (lambda: None)
-    if events is None:
-        events = on_cuda
+    if events is None:  # an end-to-end call waits inside: events around it would time the host, not the GPU
+        events = on_cuda and end_to_end is None
     if isinstance(model, torch.nn.Module):
         model.eval()
 
