@@ -221,6 +221,7 @@ def test_fit_shows_progress_within_epochs_or_one_line_per_epoch(tmp_path, monkey
     engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path / "bar", "cpu", progress=True)
     bar = capsys.readouterr().out
     assert "t epoch 2/2" in bar and "8/8 [" in bar and "batch/s" in bar and "img/s" in bar  # 4 batches an epoch
+    assert "epoch 2: loss" in bar.rsplit("\r", 1)[-1]  # the finished bar shows the last epoch's numbers
     engine.fit(Tiny(), small_splits(), cfg, "t", "tiny", tmp_path / "log", "cpu", progress=None)  # no terminal here
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("t epoch 2/2: loss ") and "img/s" in lines[1]

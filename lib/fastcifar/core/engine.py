@@ -401,8 +401,9 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     writer = tensorboard_writer(tensorboard_dir)
     wall0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="batch", desc=name,
-               disable=None if progress is None else not progress, file=sys.stdout, mininterval=2.0)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="batch",
+               desc=f"{name} epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stdout, mininterval=2.0,
+               disable=None if progress is None else not progress)
     epoch_lines = progress is None and bar.disable  # no terminal: a line per epoch instead of a bar
     last = ""
     for epoch in range(start_epoch, cfg.epochs):
@@ -460,6 +461,8 @@ def fit(model: torch.nn.Module, splits: Splits, cfg: TrainConfig, name: str, mod
                 writer.add_scalar(key, value, epoch + 1)
             writer.flush()
         last = f"; epoch {epoch + 1}: loss {train_loss:.3f}, train {train_acc:.1f}%, val {val_acc:.2f}%"
+        if not bar.disable:
+            bar.set_postfix_str(f"{seen / seconds:,.0f} img/s{last}")
         if epoch_lines:
             print(f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, val "
                   f"{val_acc:.2f}%, {seen / seconds:,.0f} img/s, {seconds:.1f} s", flush=True)
