@@ -19,7 +19,7 @@ from PIL import Image
 from fastcifar import cli
 from fastcifar.core import data, engine, env, graphs, optimize
 from fastcifar.core.kernels.samples import random_fastnet
-from fastcifar.series import predict
+from fastcifar.series import notebook_params, predict
 from fastcifar.series.predict import ImageError, Predictor
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -353,6 +353,9 @@ def test_e2e_verdict_compares_p95_with_the_target_and_splits_the_excess():
     assert lines[0].endswith("met") and len(lines) == 2
     assert "graph alone" in lines[1] and "+2.0 us; the host's part" in lines[1] and lines[1].count("+2.0 us") == 2
     assert predict.e2e_verdict(rows, target_us=3.0)[0].endswith("MISSED")
+    assert predict.e2e_verdict(rows, target_us=0)[0].endswith("MISSED")  # 0 is a target, not "the default"
+    with pytest.raises(notebook_params.ParameterError, match="e2e_target_us"):  # J5's parameter
+        notebook_params.check_range("e2e_target_us", -1.0, "J5")
     assert "no device-resident row" in predict.e2e_verdict([r for r in rows if r["id"] != "F1"])[0]
 
 
@@ -457,3 +460,41 @@ def test_e2e_rows_on_cuda_time_the_graph_alone_and_no_gpu_events_for_e2e():
     resident, e2e = rows[rows.id == "F1-mega"], rows[rows.id != "F1-mega"]
     assert resident.gpu_mean_ms.notna().all() and e2e.gpu_mean_ms.isna().all()  # the e2e call waits inside
     assert len(predict.e2e_verdict(rows)) == 2
+
+
+def test_j5_shows_the_candidate_or_else_the_fastest_row():
+    import pandas as pd
+
+    entries = [j5_entry(None) | {"id": i} for i in ("B1", "F1", "O4")]
+    table = pd.DataFrame({"id": ["B1", "F1", "O4"], "lat_p95_ms": [3.0, 0.05, float("nan")]})
+    entry, line = predict.subject(entries[2], table, entries)
+    assert entry["id"] == "O4" and "final candidate, O4" in line
+    entry, line = predict.subject(None, table, entries)
+    assert entry["id"] == "F1" and "stands in" in line
+    with pytest.raises(ValueError, match="no measured variant"):
+        predict.subject(None, table.assign(lat_p95_ms=float("nan")), entries)
+
+
+def test_the_e2e_row_joins_the_final_table_beside_its_variant_and_never_competes(tmp_path):
+    import pandas as pd
+
+    from fastcifar.core import bench
+    from fastcifar.series import report
+
+    def row(vid, run, p95, gpu=float("nan")):
+        return {"id": vid, "variant": vid, "run": run, "lat_p95_ms": p95, "lat_mean_ms": p95, "gpu_mean_ms": gpu}
+
+    rows = bench.numeric_columns(pd.DataFrame([row("F1", 1, 0.030, 0.02), row("F1-e2e", 1, 0.034),
+                                               row("F1-e2e-graph", 1, 0.032), row("F1", 2, 0.030, 0.02),
+                                               row("F1-e2e", 2, 0.036), row("F1-e2e-graph", 2, 0.033)]))
+    table = pd.DataFrame({"id": ["B1", "F1", "O4"], "val_accuracy": [85.1, 86.0, 90.0], "accuracy": [85.0, 86.2, 91.0],
+                          "lat_p95_ms": [3.0, 0.030, 0.3], "final": [False, True, False]})
+    out = predict.with_e2e(table, rows, accuracy=86.1)
+    assert list(out.id) == ["B1", "F1", "F1-e2e", "O4"]
+    e2e = out[out.id == "F1-e2e"].iloc[0]
+    assert e2e.lat_p95_ms == pytest.approx(0.035) and e2e.accuracy == 86.1 and np.isnan(e2e.val_accuracy)
+    assert not e2e.final and report.select_final(out, 85.0).id == "F1"  # chosen on validation: never the e2e row
+    assert list(predict.with_e2e(out, rows).id) == list(out.id)  # a second call replaces, not duplicates
+    path = predict.write_e2e(tmp_path / "e2e.csv", rows)
+    assert list(bench.read_results(path).id) == ["F1#1", "F1-e2e#1", "F1-e2e-graph#1", "F1#2", "F1-e2e#2",
+                                                 "F1-e2e-graph#2"]

@@ -124,7 +124,7 @@ RANGES = {
     "epochs": (1, None, True), "distill_epochs": (1, None, True), "batch_size": (1, None, True),
     "cutout": (0, 32, True), "seed": (0, None, True), "lr": (0, None, False), "T": (0, None, False),
     "label_smoothing": (0, 1, True), "alpha": (0, 1, True), "bar": (0, 100, True),
-    "fp16_max_drop": (0, 100, True), "channels_last_min_gain": (0, 1, True),
+    "fp16_max_drop": (0, 100, True), "channels_last_min_gain": (0, 1, True), "e2e_target_us": (0, None, True),
 }
 
 

@@ -475,6 +475,21 @@ class Predictor:
 
 # ---------------------------------------------------------------- what J5 shows
 
+def subject(candidate: dict | None, table, entries: list[dict]) -> tuple[dict, str]:
+    """What J5 shows on real images, and a line saying what it is: the final candidate's entry; without
+    one (smoke runs: nothing clears the bar), the entry of the fastest measured row of the final table."""
+    from . import report
+
+    if candidate is not None:
+        return candidate, f"the final candidate, {candidate['id']}: {candidate['variant']}"
+    row = report.fastest(table)
+    by_id = {e["id"]: e for e in entries}
+    if row is None or row["id"] not in by_id:
+        raise ValueError("no measured variant in the final table to classify images with")
+    return by_id[row["id"]], (f"no variant clears the bar in this run: the fastest one, {row['id']}, stands in "
+                              "for the final candidate")
+
+
 def e2e_rows(entry: dict, image: np.ndarray, mean, std, classes, runs: int, warmup_iters: int, measure_iters: int,
              meta: dict, device, say: Callable[[str], None] | None = _stderr):
     """One variant timed in the same run, alternately, `runs` times (rows per run, `run` 1..):
@@ -516,11 +531,13 @@ def e2e_rows(entry: dict, image: np.ndarray, mean, std, classes, runs: int, warm
     return bench.numeric_columns(df.reindex(columns=list(dict.fromkeys([*bench.RESULT_COLUMNS, *df.columns]))))
 
 
-def e2e_verdict(rows, target_us: float = E2E_TARGET_US) -> list[str]:
+def e2e_verdict(rows, target_us: float | None = None) -> list[str]:
     """What e2e_rows measured, in words: the e2e p95 (the mean over runs of each run's p95) against the
-    device-resident one and the target, and, where the graph alone was timed, how the excess splits
-    between the graph (its transfers across the bus) and the host's part of the call."""
+    device-resident one and the target (None: E2E_TARGET_US), and, where the graph alone was timed, how
+    the excess splits between the graph (its transfers across the bus) and the host's part of the call."""
     import pandas as pd
+
+    target_us = E2E_TARGET_US if target_us is None else target_us
 
     rows = bench.numeric_columns(pd.DataFrame(rows).copy())
     p95 = rows.groupby("id", sort=False).lat_p95_ms.mean() * 1000  # us
@@ -542,6 +559,38 @@ def e2e_verdict(rows, target_us: float = E2E_TARGET_US) -> list[str]:
         if rows.profile.astype(str).eq("smoke").any():
             lines.append("  (CPU timings of a smoke run: not GPU latencies)")
     return lines
+
+
+def write_e2e(path, rows) -> Path:
+    """e2e_rows' rows as a results CSV of their own (ids <id>#<run>), replacing the previous run's."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    return bench.write_results(path, rows.assign(id=rows.id + "#" + rows.run.astype(int).astype(str)).to_dict("records"))
+
+
+def with_e2e(table, rows, accuracy: float | None = None):
+    """The final table with each e2e row of e2e_rows (averaged over the runs, report.aggregate_runs) placed
+    right after the row of its variant: `accuracy` is the test accuracy measured through the predictor
+    (confusion_on), validation accuracy is left empty, so the row never takes part in the choice."""
+    import pandas as pd
+
+    from . import report
+
+    e2e = report.aggregate_runs(rows[rows.id.astype(str).str.endswith("-e2e")])
+    e2e["accuracy"] = np.nan if accuracy is None else accuracy
+    e2e["val_accuracy"] = np.nan
+    if "final" in table.columns:
+        e2e["final"] = False
+    table = table[~table.id.isin(e2e.id)].reset_index(drop=True)
+    parts, rest = [], table
+    for _, row in e2e.iterrows():
+        base = row["id"][: -len("-e2e")]
+        at = rest.index[rest.id == base]
+        cut = (at[0] + 1) if len(at) else len(rest)
+        parts += [rest.iloc[:cut], row.to_frame().T]
+        rest = rest.iloc[cut:]
+    out = pd.concat([*parts, rest], ignore_index=True).infer_objects()
+    return bench.numeric_columns(out.reindex(columns=list(dict.fromkeys([*table.columns, *e2e.columns]))))
 
 
 def prediction_grid(predictor: Predictor, images, labels, path=None, n: int = 24, per_row: int = 8):
