@@ -5,7 +5,7 @@ bar? The notebooks tell the story; this package holds the code they call, so it 
 
 Rooms: core/ (env, atomic, data, models, distill, engine, sanity, bench, optimize, kernels, plots,
 tables) is what both wings stand on; series/ (j1..j5, the notebooks' steps; session, records, recipe,
-sweep, report, export, pipeline, notebook_params, kernel_bench) is what the notebooks call; toolkit/
+sweep, report, export, pipeline, notebook_params, kernel_bench, predict) is what the notebooks call; toolkit/
 (config, rundir, commands, train, lr_finder, grid_search, evaluate) holds the config-driven commands of
 the CIFAR-100 report. The modules beside them are the `python -m fastcifar.<command>` entry points and
 cli, the `fastcifar` console script. docs/layout.md has the rooms in short.

@@ -13,4 +13,6 @@ series only.
 - pipeline: the papermill runner of J1..J5 (`python -m fastcifar.pipeline`)
 - notebook_params: the notebooks' parameters cells and `-p` values checked against them
 - kernel_bench: the GPU benchmark of the megakernel against PyTorch (`python -m fastcifar.kernel_bench`)
+- predict: the final model on images, `Predictor` and `fastcifar predict` (`python -m fastcifar.predict`),
+  and what J5 shows of it (e2e rows, a grid of classified test images, the confusion matrix)
 """
