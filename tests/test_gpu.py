@@ -197,7 +197,7 @@ def test_sweep_on_cuda_measures_every_spec():
     x = torch.randn(8, 3, 32, 32, device="cuda")
     y = torch.arange(8, device="cuda") % 10
     specs = {"ref": Spec(), "half": Spec("fp16"), "graph": Spec("fp16", fold_bn=True, cuda_graph=True)}
-    df, samples = optimize.sweep(model, "fastnet", specs, (x, y), (x, y), 3, 10, {"profile": "gpu-test"})
+    df, samples = optimize.measure_specs(model, "fastnet", specs, (x, y), (x, y), 3, 10, {"profile": "gpu-test"})
     assert set(samples) == set(specs) and df.lat_p95_ms.notna().all() and df.gpu_p95_ms.notna().all()
     assert df.speedup.iloc[0] == pytest.approx(1.0)
 

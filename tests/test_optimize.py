@@ -75,7 +75,7 @@ def data(n=20):
 def test_sweep_rows_speedup_and_skips():
     model = models.build_model("mobilenet_v3_small")
     specs = {"ref": Spec(), "cl": Spec(channels_last=True), "half": Spec("fp16")}
-    df, samples = optimize.sweep(model, "mobilenet_v3_small", specs, data(), data(), 1, 3, {"profile": "smoke"})
+    df, samples = optimize.measure_specs(model, "mobilenet_v3_small", specs, data(), data(), 1, 3, {"profile": "smoke"})
     assert list(df.id) == ["ref", "cl", "half"]
     assert df.speedup.iloc[0] == pytest.approx(1.0)
     assert set(samples) == ({"ref", "cl"} if not torch.cuda.is_available() else {"ref", "cl", "half"})
@@ -134,6 +134,6 @@ def test_result_columns_stay_numeric():
     model = models.build_model("shufflenet_v2")
     _, row = optimize.evaluated(model, Spec(), data(4), data(4))
     assert isinstance(row["compile_s"], float) and np.isnan(row["compile_s"])
-    df, _ = optimize.sweep(model, "shufflenet_v2", {"ref": Spec(), "half": Spec("fp16")}, data(4), data(4), 0, 2, {})
+    df, _ = optimize.measure_specs(model, "shufflenet_v2", {"ref": Spec(), "half": Spec("fp16")}, data(4), data(4), 0, 2, {})
     for column in bench.NUMERIC_COLUMNS:
         assert pd.api.types.is_numeric_dtype(df[column]), column

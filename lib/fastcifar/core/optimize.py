@@ -159,8 +159,9 @@ def with_mirror(fn: Callable) -> Callable:
     """Flip test-time augmentation in one call: the batch and its horizontal mirror go through `fn` as
     one batch of 2B (at batch 1 this costs about the same as one image), the two logits are averaged."""
     def mirrored(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]  # not len(x): torch.export would freeze that into the exported batch size
         out = fn(torch.cat([x, x.flip(3)]))
-        return (out[: len(x)] + out[len(x):]) * 0.5
+        return (out[:n] + out[n:]) * 0.5
     return mirrored
 
 
@@ -280,7 +281,7 @@ def evaluated(model: nn.Module, spec: Spec, val: tuple, test: tuple, allow_compi
     return variant, row
 
 
-def sweep(model: nn.Module, model_name: str, specs: dict[str, Spec], val: tuple, test: tuple, warmup_iters: int,
+def measure_specs(model: nn.Module, model_name: str, specs: dict[str, Spec], val: tuple, test: tuple, warmup_iters: int,
           measure_iters: int, meta: dict, allow_compile: bool = True):
     """Measure each spec of one model in turn (J1 benchmark, validation and test accuracy).
 

@@ -18,6 +18,7 @@ from .. import __version__
 from ..core import atomic
 from ..core.engine import save_checkpoint
 from ..core.models import arch_of, label
+from ..core.optimize import with_mirror
 
 MAX_COMMIT_MB = 10.0  # larger files are not committed
 PARITY_TOLERANCE = 1e-3  # largest |ONNX - PyTorch| logit difference accepted (FP32 on the CPU)
@@ -25,23 +26,15 @@ METADATA_PREFIX = "fastcifar."
 
 
 class Inference(nn.Module):
-    """What the ONNX graph computes: the model, and with `mirror` the mean of its logits for the batch
-    and for the batch mirrored left-right (one pass over 2N images, as optimize.with_mirror does).
-
-    The arithmetic is with_mirror's, written out because the export needs the batch size as
-    `image.shape[0]`: with_mirror slices with `len(x)`, which torch.export turns into a constant, and the
-    ONNX graph would then take only the batch size it was traced with."""
+    """What the ONNX graph computes: the model, and with `mirror` optimize.with_mirror of it (the mean
+    of its logits for the batch and for the batch mirrored left-right, one pass over 2N images)."""
 
     def __init__(self, model: nn.Module, mirror: bool = False):
         super().__init__()
         self.model, self.mirror = model, mirror
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if not self.mirror:
-            return self.model(image)
-        n = image.shape[0]
-        out = self.model(torch.cat([image, image.flip(3)]))
-        return (out[:n] + out[n:]) * 0.5
+        return with_mirror(self.model)(image) if self.mirror else self.model(image)
 
 
 def _spec_dict(spec) -> dict | None:

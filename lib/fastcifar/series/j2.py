@@ -93,7 +93,7 @@ def measure_light_models(s: Session, trained: dict):
     rows = []
     for name, res in trained.items():
         model, _ = engine.load_model(res.best_path, s.device)
-        df, _ = optimize.sweep(model, name, {f"J2-{name}": optimize.Spec()}, s.val, s.test, s.warmup, s.iters, s.meta)
+        df, _ = optimize.measure_specs(model, name, {f"J2-{name}": optimize.Spec()}, s.val, s.test, s.warmup, s.iters, s.meta)
         rows.append(df.assign(train_s=res.train_s, images_per_s=res.images_per_s))
     return pd.concat(rows, ignore_index=True)
 
@@ -177,7 +177,7 @@ def measure_fastnet_points(s: Session, trained: TrainedPoints):
         if not p.trained:
             continue
         model, _ = engine.load_model(s.run.resolve(p.checkpoint), s.device)
-        df, _ = optimize.sweep(model, "fastnet", {f"J2-fastnet-{key}": optimize.Spec(mirror=p.mirror)}, s.val, s.test,
+        df, _ = optimize.measure_specs(model, "fastnet", {f"J2-fastnet-{key}": optimize.Spec(mirror=p.mirror)}, s.val, s.test,
                                s.warmup, s.iters, s.meta)
         rows.append(df.assign(train_s=p.train_s))
     rows = pd.concat(rows, ignore_index=True)

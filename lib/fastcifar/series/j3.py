@@ -55,7 +55,7 @@ def measure_b2(s: Session, result: engine.TrainResult):
     """Row B2: the best checkpoint timed in FP32 (J1 benchmark) and evaluated on validation and test;
     added to results.csv. Returns the row."""
     best, ckpt = engine.load_model(result.best_path, s.device)
-    b2, _ = optimize.sweep(best, "resnet18", {"B2": optimize.Spec()}, s.val, s.test, s.warmup, s.iters, s.meta)
+    b2, _ = optimize.measure_specs(best, "resnet18", {"B2": optimize.Spec()}, s.val, s.test, s.warmup, s.iters, s.meta)
     b2 = b2.assign(train_s=result.train_s, images_per_s=result.images_per_s,
                    notes=f"best epoch {ckpt['epoch']}; checkpoint file {result.best_path.stat().st_size / 1e6:.1f} MB")
     bench.write_results(s.run.results_csv, b2.to_dict("records"))

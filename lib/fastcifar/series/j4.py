@@ -4,7 +4,7 @@ launch (F1-mega, F2-mega), and where the time goes. One function per step of
 notebooks/J4_gpu_optimizations.ipynb, in its order.
 
 Every variant is built from one description (optimize.Spec), timed with the J1 benchmark and evaluated
-on the full validation and test sets exactly as it is timed (optimize.sweep). Reads b1.json and
+on the full validation and test sets exactly as it is timed (optimize.measure_specs). Reads b1.json and
 fastnet.json (J2) and the teacher's checkpoint (J3); writes the seed's and the family's rows to
 results.csv, every variant measured to results_j4_variants.csv, what J5 re-times to variants.json
 (records.KeptVariants), and in the full profile kernel_parity.csv, where_time_goes.csv and
@@ -84,7 +84,7 @@ def decision_tree(s: Session, inputs: Inputs, rules: report.SeedRules) -> str:
 
 @dataclass
 class Measured:
-    """Variants of one network, measured: one row each (optimize.sweep; the first is the reference of
+    """Variants of one network, measured: one row each (optimize.measure_specs; the first is the reference of
     `speedup`), their host latency samples, and the Spec of each row id."""
 
     rows: object  # DataFrame
@@ -96,7 +96,7 @@ class Measured:
 
 
 def measure(s: Session, model: torch.nn.Module, model_name: str, specs: dict[str, Spec]) -> Measured:
-    rows, samples = optimize.sweep(model, model_name, specs, s.val, s.test, s.warmup, s.iters, s.meta,
+    rows, samples = optimize.measure_specs(model, model_name, specs, s.val, s.test, s.warmup, s.iters, s.meta,
                                    allow_compile=s.run.profile.compile)
     return Measured(rows, samples, dict(specs))
 
