@@ -337,7 +337,7 @@ DEV void finish(unsigned char* smem, u32 rank) {
     }
     mbar_wait(bar_addr(smem, NSECTIONS - 1));  // the head's weights
     __syncthreads();
-    const unsigned short* head = (const unsigned short*)(smem + HEAD_OFF);  // [FEAT_C][CLASSES] FP16
+    const unsigned short* head = (const unsigned short*)(smem + HEAD_OFF);  // [features][CLASSES] FP16
     for (int u = threadIdx.x; u < TPC * CLASSES; u += THREADS) {
       const int j = u / CLASSES, cls = u % CLASSES, tile = mp + j * MPARTS;
       if (mp >= MPARTS || tile >= L::MT) continue;

@@ -430,7 +430,7 @@ def source(plan: Plan) -> str:
          f"constexpr int CS = {plan.cluster}, THREADS = {plan.threads}, WARPS = {plan.threads // 32}, "
          f"BATCH = {plan.batch};",
          f"constexpr int INPUT_KIND = {INPUT_KINDS.index(plan.input_kind)}, TIMING = {int(plan.timing)};",
-         f"constexpr int CLASSES = {plan.classes}, C0 = {plan.c0}, H0 = {plan.h0}, FEAT_C = {plan.feat_c};",
+         f"constexpr int CLASSES = {plan.classes}, C0 = {plan.c0}, H0 = {plan.h0};",
          f"constexpr int L0_OFF = 0, HEAD_OFF = {plan.head_off}, IMG_OFF = {plan.img_off}, IMG_BYTES = {plan.img_bytes}, "
          f"FEAT_OFF = {plan.feat_off}, FEATBUF_OFF = {plan.featbuf_off}, RED_OFF = {plan.red_off};",
          f"constexpr int BLOB_BYTES = {plan.blob_bytes}, NSECTIONS = {len(plan.sections)}, NSTAMPS = {plan.nstamps};",
