@@ -406,3 +406,13 @@ def test_output_buffers_of_the_wrong_kind_are_refused():
         megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(2, dtype=torch.int32)), 10, "cpu")
     with pytest.raises(ValueError, match="pinned host memory"):  # plain host memory: the kernel cannot write it
         megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(1, dtype=torch.int32)), 10, torch.device("meta"))
+
+
+def test_nvrtc_writes_into_new_buffers_never_into_pythons_shared_bytes():
+    # NVRTC writes a log of size 1 (an empty log's zero) into the buffer it is given: b" " * 1 would be
+    # Python's shared b" ", and zeroing it turned the spaces of every later print into NULs.
+    from fastcifar.core.kernels.megakernel import _out_buffer
+
+    for size in (0, 1, 2, 100):
+        first, second = _out_buffer(size), _out_buffer(size)
+        assert len(first) >= size and first is not second and first is not b" " and first is not b"\0"

@@ -470,6 +470,14 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
+def _out_buffer(size: int) -> bytes:
+    """A new bytes object of at least `size` bytes for NVRTC to write into. Never `b" " * size`: for a
+    size of 1 (an empty log) Python returns its shared one-byte object b" ", and NVRTC's terminating
+    zero written into it changes every b" " of the process (a space printed as NUL, a pickled 32 read
+    back as 0)."""
+    return b"\0" * max(size, 2)  # a repeat of two or more bytes is always a new object
+
+
 def compile_cubin(text: str, arch: str = "sm_90") -> tuple[bytes, str]:
     """NVRTC: CUDA C++ text -> cubin for `arch`, and the compiler's log (ptxas register report)."""
     try:
@@ -480,13 +488,13 @@ def compile_cubin(text: str, arch: str = "sm_90") -> tuple[bytes, str]:
     opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"--ptxas-options=-v"]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-    log = b" " * size
+    log = _out_buffer(size)
     nvrtc.nvrtcGetProgramLog(prog, log)
     log_text = log.decode(errors="replace").strip("\x00 \n")
     if int(err) != 0:
         raise MegakernelError(f"NVRTC could not compile the megakernel:\n{log_text}")
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-    cubin = b" " * size
+    cubin = _out_buffer(size)
     _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     nvrtc.nvrtcDestroyProgram(prog)
     return cubin, log_text
