@@ -24,7 +24,8 @@ memory above 48 KB, cuLaunchKernelEx with a cluster dimension) and launches on t
 stream, so the call can be captured in a CUDA graph like every other variant. A C++ extension
 (torch.utils.cpp_extension) would compile for a minute against torch's headers at every build.
 
-Files: megakernel.cu (device code, no includes), this module (plan, packing, source, launch).
+Files: megakernel.cu (device code, no includes; common.cu its helpers shared with grid.cu), this module
+(plan, packing, source, launch).
 The arithmetic is that of `reference.reference` on the same packed weights (FP16 weights and stored
 activations, FP32 accumulation and epilogue); only the order of FP32 additions differs.
 """
@@ -41,6 +42,7 @@ import torch
 from .pack import PackedNet, pack
 
 SOURCE = Path(__file__).with_name("megakernel.cu")
+COMMON = Path(__file__).with_name("common.cu")  # helpers shared with grid.cu, placed first
 CLUSTER_SIZES = (8, 16)
 DEFAULT_CLUSTER = 16
 THREADS = 256  # per CTA; THREAD_CHOICES are what the kernel is written for
@@ -454,7 +456,7 @@ def source(plan: Plan) -> str:
     footer = ("\nDEV void load_weights(unsigned char* smem, const unsigned char* mine) {\n" + loads + "\n}\n"
               "DEV void arm_layers(unsigned char* smem, u32 rank) {\n" + "\n".join(arms) + "\n}\n"
               "DEV void run_convs(unsigned char* smem, long long* stamps, u32 rank) {\n" + "\n".join(steps) + "\n}\n")
-    return "\n".join(g) + "\n\n" + SOURCE.read_text() + footer
+    return "\n".join(g) + "\n\n" + COMMON.read_text() + "\n" + SOURCE.read_text() + footer
 
 
 # ---------------------------------------------------------------- compile and launch
