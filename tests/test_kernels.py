@@ -401,11 +401,11 @@ def test_bench_table_prints_failed_rows(capsys):
 
 def test_output_buffers_of_the_wrong_kind_are_refused():
     with pytest.raises(ValueError, match="float32"):
-        megakernel._output_buffers((torch.zeros(1, 10, dtype=torch.float16), torch.zeros(1, dtype=torch.int32)), 10, "cpu")
+        megakernel.output_buffers((torch.zeros(1, 10, dtype=torch.float16), torch.zeros(1, dtype=torch.int32)), 10, "cpu")
     with pytest.raises(ValueError, match=r"\(1,\)"):
-        megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(2, dtype=torch.int32)), 10, "cpu")
+        megakernel.output_buffers((torch.zeros(1, 10), torch.zeros(2, dtype=torch.int32)), 10, "cpu")
     with pytest.raises(ValueError, match="pinned host memory"):  # plain host memory: the kernel cannot write it
-        megakernel._output_buffers((torch.zeros(1, 10), torch.zeros(1, dtype=torch.int32)), 10, torch.device("meta"))
+        megakernel.output_buffers((torch.zeros(1, 10), torch.zeros(1, dtype=torch.int32)), 10, torch.device("meta"))
 
 
 def test_nvrtc_writes_into_new_buffers_never_into_pythons_shared_bytes():

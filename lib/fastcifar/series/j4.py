@@ -349,20 +349,27 @@ def where_time_goes(s: Session, inputs: Inputs, teacher: Teacher, stock: Family,
 
 
 def megakernel_layers(s: Session, inputs: Inputs, mega: Megakernel):
-    """Inside F1-mega's one launch: a build that stamps %globaltimer at each layer's end, per layer
-    (kernels.layer_timing; megakernel_layers.csv in the full profile). Empty without CUDA or F1-mega."""
+    """Inside each megakernel row's one launch (F1-mega, F2-mega): a build that stamps %globaltimer at
+    each layer's end, per layer (kernels.layer_timing; megakernel_layers.csv in the full profile, a
+    column `row` saying which). Empty without CUDA or without a megakernel row."""
     import pandas as pd
 
-    if s.device.type != "cuda" or "F1" not in mega.choice:
+    if s.device.type != "cuda" or not mega.choice:
         return pd.DataFrame()
-    r = mega.choice["F1"][0]
-    layers = pd.DataFrame(kernels.layer_timing(inputs.nets[r.model_key], s.test[0][:1], mirror=mega.specs[r.id].mirror))
+    tables = []
+    for key in ("F1", "F2"):
+        if key not in mega.choice:
+            continue
+        r = mega.choice[key][0]
+        rows = kernels.layer_timing(inputs.nets[r.model_key], s.test[0][:1], mirror=mega.specs[r.id].mirror)
+        tables.append(pd.DataFrame(rows).assign(row=f"{key}-mega"))
+        registers = [n for n in str(r.notes).split("; ") if "registers" in n]
+        if registers:
+            print(f"{key}-mega: " + registers[0])
+    layers = pd.concat(tables, ignore_index=True)[["row", "stamp", "at_us", "step_us"]]
     if not s.run.profile.is_smoke:
         _csv(layers.assign(device_name=s.run.env["device"], git_commit=s.run.env["git_commit"]),
              s.output("megakernel_layers.csv"))
-    registers = [n for n in str(r.notes).split("; ") if "registers" in n]
-    if registers:
-        print("F1-mega: " + registers[0])
     return layers
 
 

@@ -117,7 +117,7 @@ def run_path(net: NetworkData, mirror: bool, path: str, args, device, tolerance,
             row["notes"] = "; ".join(variant.notes)
             kernel = getattr(variant.fn, "kernel", None)
             if kernel is not None:
-                row.update({k: kernel.resources[k] for k in ("registers", "local_bytes", "shared_bytes", "cluster")})
+                row.update({k: kernel.resources.get(k, "") for k in ("registers", "local_bytes", "shared_bytes", "cluster", "grid")})
             row.update(parity(variant, net.xs, net.want[mirror], tolerance))
             row.update(time_path(variant.fn, variant.prepare(net.example), args))
         except Unavailable as exc:

@@ -2,9 +2,14 @@
 
 - pack.py: the folded model's weights in kernel layout (FP16 weights, FP32 biases).
 - reference.py: the same computation in plain PyTorch (CPU), the kernel's specification.
-- megakernel.cu: the device code (one thread-block cluster, shared-memory activations, tensor cores).
+- common.cu: device helpers both kernels share (FP16, GELU, tensor-core MMA, mbarriers, bulk copies).
+- megakernel.cu: the device code for small widths (F1): one thread-block cluster, every weight and
+  activation in shared memory.
 - megakernel.py: its host side: tiling plan, per-CTA weight images, generated source, NVRTC compile,
-  cluster launch on torch's stream, per-layer timing (`layer_times`).
+  cluster launch on torch's stream, per-layer timing (`layer_times`); falls back to grid.py when the
+  network does not fit one cluster.
+- grid.cu, grid.py: the megakernel for large widths (F2): one CTA per SM, activations in global
+  memory (L2), per-layer ready counters instead of grid-wide barriers.
 - samples.py: random FastNets for checks and benchmarks.
 The GPU benchmark is `python -m fastcifar.kernel_bench --out DIR` (series/kernel_bench.py).
 Nothing here needs a GPU to import; NVRTC (cuda-bindings) is imported when a kernel is compiled.
@@ -35,12 +40,20 @@ def build(model, backend: str, example, mirror: bool = False, **options):
     in one kernel launch, with the mirror (flip TTA) inside when `mirror`. It allocates nothing and
     never synchronises, so a CUDA graph can capture it; it returns its own output buffer, overwritten
     by the next call (clone what you keep). `options` go to megakernel.build (cluster, threads,
-    input_kind, timing, mean, std). Raises ValueError when the network does not fit the kernel."""
+    input_kind, timing, mean, std). A network too wide for one cluster runs on grid.py's kernel (FP16
+    input), which its notes say. Raises ValueError when the network fits neither."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     from . import megakernel
 
-    return megakernel.build(model, example, mirror=mirror, **options)
+    try:
+        return megakernel.build(model, example, mirror=mirror, **options)
+    except megakernel.DoesNotFit as exc:  # too wide for one cluster (F2): every SM, activations through L2
+        from . import grid
+
+        if options.get("input_kind", "fp16") != "fp16":
+            raise ValueError(f"{exc}; the grid megakernel takes FP16 input only") from exc
+        return grid.build(model, example, mirror=mirror, timing=options.get("timing", False), reason=str(exc))
 
 
 def layer_timing(model, example, mirror: bool = False, calls: int = 200, **options) -> list[dict]:
@@ -49,5 +62,10 @@ def layer_timing(model, example, mirror: bool = False, calls: int = 200, **optio
     from . import megakernel
 
     packed = pack(model, mirror=mirror, device=example.device)
-    kernel = megakernel.build_kernel(packed, timing=True, **options)
+    try:
+        kernel = megakernel.build_kernel(packed, timing=True, **options)
+    except megakernel.DoesNotFit:
+        from . import grid
+
+        kernel = grid.build_kernel(packed, timing=True)
     return megakernel.layer_times(kernel, example.to(torch.float16).contiguous(), calls)

@@ -52,7 +52,7 @@ SHARED_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_90 (H100, H200
 INPUT_KINDS = ("fp16", "uint8")  # normalised FP16 NCHW, or raw HWC bytes (normalisation folded in)
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
@@ -228,11 +228,11 @@ def _make_plan(packed: PackedNet, cluster: int, input_kind: str, timing: bool, t
     def section(nbytes: int) -> int:
         nonlocal offset
         start = offset
-        offset += _round_up(nbytes, 16)
+        offset += round_up(nbytes, 16)
         sections.append((start, offset))
         return start
 
-    first_cin = _round_up(convs[0].c_in, 16)
+    first_cin = round_up(convs[0].c_in, 16)
     if c0 > first_cin or c0 > 32:
         raise ValueError(f"the megakernel's whitening layer has at most 32 channels, not {c0}")
     l0_off = section(first_cin * 16 * 2 + first_cin * 4)
@@ -241,7 +241,7 @@ def _make_plan(packed: PackedNet, cluster: int, input_kind: str, timing: bool, t
     for i, layer in enumerate(convs):
         if layer.ksize != 3 or layer.pad != 1:
             raise ValueError("the megakernel runs 3x3 convolutions with padding 1 after the whitening")
-        cin = _round_up(layer.c_in, 16)
+        cin = round_up(layer.c_in, 16)
         if i > 0 and layer.c_in % 16:
             raise ValueError(f"widths must be multiples of 16 for the megakernel, got {layer.c_in}")
         rpt, tpi, mt, ng, nper, nb, kc, ks, tpc = _tiling(layer.h_out, layer.c_out, batch, cluster, cin,
@@ -272,24 +272,24 @@ def _make_plan(packed: PackedNet, cluster: int, input_kind: str, timing: bool, t
         out_wp = r["h_out"] + 2 * out_pad
         r.update(out_pad=out_pad, out_s=out_s, out_wp=out_wp, out_img=out_wp * out_wp * out_s)
         sizes[buf] = max(sizes[buf], batch * r["out_img"] * 2)
-    act_off = (blob_bytes, blob_bytes + _round_up(sizes[0], 16))
-    offset = act_off[1] + _round_up(sizes[1], 16)
+    act_off = (blob_bytes, blob_bytes + round_up(sizes[0], 16))
+    offset = act_off[1] + round_up(sizes[1], 16)
     band_off = offset
     first = raw[0]
     band_s, band_wp = padded_stride(first["cin"]), h0 + 2
     band_rows = 2 * first["rpt"] + 2
     band_bytes = first["tpc"] * band_rows * band_wp * band_s * 2
-    offset += _round_up(band_bytes, 16)
+    offset += round_up(band_bytes, 16)
     img_off = offset
     img_bytes = 3 * 32 * 32 * (2 if input_kind == "fp16" else 1)
     offset += img_bytes
     last = raw[-1]
     feat_off = offset  # CTA 0 receives the partial logits: [image][channel group of the last layer][class]
-    offset += _round_up(batch * last["ng"] * classes * 4, 16)
+    offset += round_up(batch * last["ng"] * classes * 4, 16)
     featbuf_off = offset  # the last layer's values per row, then its per-image maxima
-    offset += _round_up(last["tpc"] * 17 * last["nper"] * 8 * 4, 16)
+    offset += round_up(last["tpc"] * 17 * last["nper"] * 8 * 4, 16)
     mbar_off = offset
-    offset += _round_up(8 * (len(sections) + len(raw)), 16)
+    offset += round_up(8 * (len(sections) + len(raw)), 16)
     red_off = offset
     # K splits use what shared memory is left: fewer splits (idle warps) rather than no fit
     budget = SHARED_LIMIT - red_off
@@ -323,7 +323,7 @@ def _make_plan(packed: PackedNet, cluster: int, input_kind: str, timing: bool, t
         r.pop("tpc")
         r.pop("skip_from")
         plans.append(ConvPlan(**r))
-    offset += _round_up(red_bytes, 16)
+    offset += round_up(red_bytes, 16)
     # what each convolution's outputs bring to a CTA: the whole map (FP16), or the partial logits to CTA 0
     layer_bytes = [batch * c.h_out * c.h_out * c.cout * 2 for c in plans[:-1]] + [batch * plans[-1].ng * classes * 4]
     plan = Plan(cluster, threads, batch, input_kind, timing, c0, h0, classes, feat_c, plans, sections, blob_bytes,
@@ -354,8 +354,8 @@ def regions(plan: Plan) -> dict[str, tuple[int, int]]:
     c1 = plan.convs[0]
     return {"weights": (0, plan.blob_bytes),
             "activations 0": (plan.blob_bytes, plan.blob_bytes + plan.act_bytes[0]),
-            "activations 1": (plan.blob_bytes + _round_up(plan.act_bytes[0], 16),
-                              plan.blob_bytes + _round_up(plan.act_bytes[0], 16) + plan.act_bytes[1]),
+            "activations 1": (plan.blob_bytes + round_up(plan.act_bytes[0], 16),
+                              plan.blob_bytes + round_up(plan.act_bytes[0], 16) + plan.act_bytes[1]),
             "whitening band": (c1.in_off, c1.in_off + plan.band_bytes),
             "image": (plan.img_off, plan.img_off + plan.img_bytes),
             "partial logits": (plan.feat_off, plan.feat_off + plan.batch * plan.convs[-1].ng * plan.classes * 4),
@@ -465,7 +465,7 @@ class MegakernelError(RuntimeError):
     """The kernel could not be compiled, loaded or launched here; the message says why."""
 
 
-def _check(result, what: str):
+def driver_check(result, what: str):
     err = result[0]
     if int(err) != 0:
         raise MegakernelError(f"{what} failed: {err!r}")
@@ -486,18 +486,18 @@ def compile_cubin(text: str, arch: str = "sm_90") -> tuple[bytes, str]:
         from cuda.bindings import nvrtc
     except ImportError as exc:  # pragma: no cover - torch's CUDA wheels bring it
         raise MegakernelError("the megakernel needs cuda-python's NVRTC binding: pip install cuda-bindings") from exc
-    prog = _check(nvrtc.nvrtcCreateProgram(text.encode(), b"fastnet_megakernel.cu", 0, [], []), "nvrtcCreateProgram")
+    prog = driver_check(nvrtc.nvrtcCreateProgram(text.encode(), b"fastnet_megakernel.cu", 0, [], []), "nvrtcCreateProgram")
     opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"--ptxas-options=-v"]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+    size = driver_check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
     log = _out_buffer(size)
     nvrtc.nvrtcGetProgramLog(prog, log)
     log_text = log.decode(errors="replace").strip("\x00 \n")
     if int(err) != 0:
         raise MegakernelError(f"NVRTC could not compile the megakernel:\n{log_text}")
-    size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+    size = driver_check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
     cubin = _out_buffer(size)
-    _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+    driver_check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     nvrtc.nvrtcDestroyProgram(prog)
     return cubin, log_text
 
@@ -528,12 +528,12 @@ class Megakernel:
         self._args[0].value = image.data_ptr()
         # the weights' device: the image may be pinned host memory, which the kernel reads across the bus
         self._config.hStream = driver.CUstream(torch.cuda.current_stream(self.blob.device).cuda_stream)
-        _check(driver.cuLaunchKernelEx(self._config, self.function, ctypes.addressof(self._args[-1]), 0),
+        driver_check(driver.cuLaunchKernelEx(self._config, self.function, ctypes.addressof(self._args[-1]), 0),
                "cuLaunchKernelEx")
         return self.logits
 
 
-def _output_buffers(outputs, classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def output_buffers(outputs, classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, top_class) for the kernel to write: new device buffers, or the caller's. Pinned host
     buffers are written by the kernel across the bus, so that a caller reads them without a copy."""
     device = torch.device(device)
@@ -554,7 +554,7 @@ def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: 
                  outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> Megakernel:
     """Plan, pack, compile (NVRTC) and load the megakernel for a packed FastNet on its CUDA device.
     `outputs` (logits (1, classes) FP32, top class (1,) int32) are where it writes, when given: device
-    buffers or pinned host memory (see _output_buffers); by default new device buffers."""
+    buffers or pinned host memory (see output_buffers); by default new device buffers."""
     from cuda.bindings import driver
 
     device = packed.head.device
@@ -568,13 +568,13 @@ def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: 
     t0 = time.perf_counter()
     cubin, log = compile_cubin(source(plan), f"sm_{major}{minor}")
     torch.cuda.current_stream(device)  # the primary context is current: the module loads into torch's
-    module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
-    function = _check(driver.cuModuleGetFunction(module, b"fastnet_megakernel"), "cuModuleGetFunction")
+    module = driver_check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+    function = driver_check(driver.cuModuleGetFunction(module, b"fastnet_megakernel"), "cuModuleGetFunction")
     attr = driver.CUfunction_attribute
-    _check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+    driver_check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                      plan.shared_bytes), "setting the shared-memory size")
     if cluster > 8:
-        _check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+        driver_check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
                "allowing a non-portable cluster size")
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
@@ -585,18 +585,18 @@ def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: 
     cluster_attr.value.clusterDim.x, cluster_attr.value.clusterDim.y, cluster_attr.value.clusterDim.z = cluster, 1, 1
     config.attrs = [cluster_attr]
     config.numAttrs = 1
-    active = _check(driver.cuOccupancyMaxActiveClusters(function, config), "cuOccupancyMaxActiveClusters")
+    active = driver_check(driver.cuOccupancyMaxActiveClusters(function, config), "cuOccupancyMaxActiveClusters")
     if active < 1:
         raise MegakernelError(f"this GPU cannot place a cluster of {cluster} CTAs with "
                               f"{plan.shared_bytes // 1024} KB of shared memory each; try cluster=8")
     compile_s = time.perf_counter() - t0
-    resources = {"registers": _check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, function), "regs"),
-                 "local_bytes": _check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function),
+    resources = {"registers": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, function), "regs"),
+                 "local_bytes": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function),
                                        "local"),
                  "shared_bytes": plan.shared_bytes, "cluster": cluster, "threads": plan.threads,
                  "max_active_clusters": active, "ptxas": " ".join(line for line in log.splitlines() if "ptxas" in line)[:400]}
     blob = pack_blob(packed, plan, mean, std)
-    logits, top = _output_buffers(outputs, plan.classes, device)
+    logits, top = output_buffers(outputs, plan.classes, device)
     stamps = torch.zeros(cluster, plan.nstamps, dtype=torch.int64, device=device) if timing else None
     args = [ctypes.c_void_p(0), ctypes.c_void_p(blob.data_ptr()), ctypes.c_void_p(logits.data_ptr()),
             ctypes.c_void_p(top.data_ptr()), ctypes.c_void_p(stamps.data_ptr() if stamps is not None else 0)]
@@ -619,8 +619,7 @@ def layer_times(kernel: Megakernel, image: torch.Tensor, calls: int = 200) -> li
         s = kernel.stamps.cpu().numpy().astype(np.float64)
         active = s[:, 0] > 0
         start = s[active, 0].min()
-        readings.append([(s[active, i].max() - start) / 1000.0 if i < s.shape[1] - 1 else (s[0, i] - start) / 1000.0
-                         for i in range(s.shape[1])])
+        readings.append([(s[active, i].max() - start) / 1000.0 for i in range(s.shape[1])])
     mean = np.mean(readings, axis=0)
     names = kernel.plan.stamp_names()
     rows, previous = [], 0.0
@@ -635,7 +634,8 @@ def build(model, example: torch.Tensor, mirror: bool = False, cluster: int = DEF
           band_groups: int = BAND_GROUPS):
     """Pack a FastNet (folded here if needed) and return (fn, notes): fn maps
     a (1, 3, 32, 32) FP16 contiguous CUDA image (or a (32, 32, 3) uint8 one) to (1, classes) FP32
-    logits in one launch, returning its own buffer."""
+    logits in one launch, returning its own buffer. Raises DoesNotFit for a network too wide for one
+    cluster (kernels.build then runs grid.py's kernel)."""
     if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
         raise MegakernelError("the megakernel runs on CUDA: pass a CUDA example input")
     packed = pack(model, mirror=mirror, device=example.device)
