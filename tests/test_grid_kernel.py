@@ -140,7 +140,7 @@ def test_stamp_names_cover_every_layer():
     p = _plan(*F2, True, timing=True)
     names = p.stamp_names()
     assert len(names) == p.nstamps and names[0] == "start" and names[-1] == "logits done"
-    assert "conv9 stored" in names and "conv1 inputs ready" in names
+    assert "conv9 stored" in names and "conv1 inputs ready" in names and "conv5 weights in" in names
 
 
 # ---------------------------------------------------------------- on the GPU
@@ -211,4 +211,4 @@ def test_grid_layer_timing_reads_increasing_stamps():
 
     rows = layer_timing(random_fastnet(*F2).cuda(), torch.zeros(1, 3, 32, 32, device="cuda"), mirror=True, calls=20)
     ats = [r["at_us"] for r in rows]
-    assert ats == sorted(ats) and ats[-1] > 0 and len(rows) == 2 * 9 + 2
+    assert ats == sorted(ats) and ats[-1] > 0 and len(rows) == 5 * 9 + 2

@@ -175,7 +175,7 @@ DEV void compute(unsigned char* smem, int y0) {
     }
     float acc[SUBS][L::NB8][4] = {};
     const int kc0 = ks * L::KC / L::KS, kc1 = (ks + 1) * L::KC / L::KS;
-#pragma unroll 2
+#pragma unroll (KUNROLL)
     for (int kc = kc0; kc < kc1; ++kc) {
       const int tap = kc / CPC, c0 = (kc % CPC) * 16;
       const int toff = ((tap / 3) * L::IN_WP + (tap % 3)) * L::IN_S + c0 + 2 * t;
@@ -282,7 +282,8 @@ DEV void layer(unsigned char* smem, const unsigned char* weights, unsigned char*
   const int cta = blockIdx.x;
   if (cta < L::TILES && threadIdx.x == 0) load_weights<L>(smem, weights, cta % L::NBLOCKS);
   if (L::INDEX > 1) wait_count(counters + L::INDEX - 2, G);
-  stamp(stamps, 2 * L::INDEX - 1);
+  constexpr int S0 = 5 * (L::INDEX - 1) + 1;  // this layer's stamps: inputs ready, band in, weights in,
+  stamp(stamps, S0);                           // computed, stored
   for (int tile = cta; tile < L::TILES; tile += G) {
     int b, y0, nblk, ra, rows;
     tile_coords<L>(tile, b, y0, nblk);
@@ -298,14 +299,17 @@ DEV void layer(unsigned char* smem, const unsigned char* weights, unsigned char*
       }
     }
     __syncthreads();
+    stamp(stamps, S0 + 1);
     mbar_wait(smem_u32(smem + MBAR_OFF), phase & 1);
     ++phase;
+    stamp(stamps, S0 + 2);
     compute<L>(smem, y0);
     __syncthreads();
+    stamp(stamps, S0 + 3);
     finish<L>(smem, weights, work, b, y0, nblk);
     __syncthreads();  // W, A, RED and FEAT are free again; every output of the tile is stored
   }
-  stamp(stamps, 2 * L::INDEX);
+  stamp(stamps, S0 + 4);
   if (!L::LAST && threadIdx.x == 0) signal_count(counters + L::INDEX - 1);
 }
 

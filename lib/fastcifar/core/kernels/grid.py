@@ -121,17 +121,21 @@ class GridPlan:
     mbar_off: int
     shared_bytes: int
     band_bulk: bool = True  # input bands by the copy engine (else by the threads' loads)
+    k_unroll: int = 4  # unrolling of the MMA loop over K (4 against 2: outputs/megakernel_dev/grid)
 
     kind = "grid"
 
     @property
     def nstamps(self) -> int:
-        return 2 * len(self.layers) + 2
+        return 5 * len(self.layers) + 2
 
     def stamp_names(self) -> list[str]:
+        """Per layer: its inputs complete (the counter), its band in shared memory, its weights there
+        (asked for before the wait), its products summed, its outputs stored; the slowest CTA each."""
         names = ["start"]
         for c in self.layers:
-            names += [f"conv{c.index} inputs ready", f"conv{c.index} stored"]
+            names += [f"conv{c.index} {step}" for step in ("inputs ready", "band in", "weights in", "computed",
+                                                           "stored")]
         return names + ["logits done"]
 
 
@@ -311,7 +315,8 @@ def source(p: GridPlan) -> str:
     """The kernel's full CUDA C++ text: generated constants, common.cu, grid.cu, the layer sequence."""
     g = [f"// generated for {len(p.layers)} convolutions, batch {p.batch}, grid {p.grid}",
          f"constexpr int G = {p.grid}, THREADS = {p.threads}, WARPS = {p.threads // 32}, BATCH = {p.batch};",
-         f"constexpr int BAND_BULK = {int(p.band_bulk)}, TIMING = {int(p.timing)}, NSTAMPS = {p.nstamps}, NCONV = {len(p.layers)};",
+         f"constexpr int BAND_BULK = {int(p.band_bulk)}, KUNROLL = {p.k_unroll}, TIMING = {int(p.timing)};",
+         f"constexpr int NSTAMPS = {p.nstamps}, NCONV = {len(p.layers)};",
          f"constexpr int CLASSES = {p.classes}, C0 = {p.c0}, H0 = {p.h0}, HEAD_PARTS = {p.layers[-1].nblocks};",
          f"constexpr int L0_GOFF = {p.l0_goff}, HEAD_GOFF = {p.head_goff}, COUNTERS_GOFF = {p.counters_goff}, "
          f"PARTIALS_GOFF = {p.partials_goff};",
