@@ -332,20 +332,23 @@ def remeasure(entries: list[dict], val: tuple, test: tuple, runs: int, warmup_it
     ready = []
     for e in entries:
         known = e if "accuracy" in e and "val_accuracy" in e else None
+        t0 = time.perf_counter()
         try:
             variant, row = evaluated(e["model"], e["spec"], val, test, allow_compile, known=known)
         except Unavailable as exc:
             print(f"  {e['id']:<14} skipped: {exc}", flush=True)
             continue
         ready.append((e, variant, variant.prepare(test[0][:1]), row))
+        print(f"  {e['id']:<14} built{'' if known else ' and evaluated'} in {time.perf_counter() - t0:.1f} s", flush=True)
     rows, samples = [], {}
     for r in range(1, runs + 1):
+        t0 = time.perf_counter()
         for e, variant, x, row in ready:
             result = bench.benchmark_latency(variant, x, warmup_iters, measure_iters)
             samples.setdefault(e["id"], result.host_samples_ms)
             rows.append({"id": e["id"], "variant": e["variant"], "model": e["model_name"], **meta, **row,
                          **result.row(), "run": r})
-        print(f"  run {r}/{runs} done", flush=True)
+        print(f"  run {r}/{runs} done in {time.perf_counter() - t0:.1f} s", flush=True)
     return _with_all_columns(pd.DataFrame(rows)), samples
 
 
