@@ -212,3 +212,23 @@ def test_grid_layer_timing_reads_increasing_stamps():
     rows = layer_timing(random_fastnet(*F2).cuda(), torch.zeros(1, 3, 32, 32, device="cuda"), mirror=True, calls=20)
     ats = [r["at_us"] for r in rows]
     assert ats == sorted(ats) and ats[-1] > 0 and len(rows) == 5 * 9 + 2
+
+
+@pytest.mark.parametrize("widths,convs,mirror", SHAPES)
+def test_mma_rows_cover_each_band_position_once_and_load_with_fewer_passes(widths, convs, mirror):
+    ordered, plain = _plan(widths, convs, mirror), _plan(widths, convs, mirror, reorder=False)
+    for layer, same in zip(ordered.layers, plain.layers):
+        positions = [p for p in layer.order if p != grid.NONE]
+        assert sorted(positions) == list(range(layer.r * layer.h_out)) and len(layer.order) <= layer.mt * 16
+        assert same.order == tuple(range(layer.r * layer.h_out))
+        assert grid.load_passes(layer, layer.order) <= grid.load_passes(same, same.order)
+        if not layer.pool:  # unpooled rows can always be spread over 8 bank groups here
+            groups = -(-len(layer.order) // 8) * len({min(layer.r, layer.h_out - y0) for y0 in range(0, layer.h_out, layer.r)})
+            assert grid.load_passes(layer, layer.order) <= groups + 1, layer.index
+
+
+def test_bank_groups_follow_the_layout():
+    layer = _plan(*F2, True).layers[4]  # conv5: 7x7, stride 520 halves = 65 chunks of 16 bytes
+    assert layer.in_s // 8 == 65 and not layer.pool
+    assert grid.bank_group(layer, 0) == 0 and grid.bank_group(layer, 1) == 1
+    assert grid.bank_group(layer, layer.h_out) == layer.in_wp % 8  # next row: in_wp positions on

@@ -149,6 +149,12 @@ DEV void whiten_band(unsigned char* smem, int b, int ra, int rows) {
 
 // ------------------------------------------------------------------ one tile
 
+// The band position (row * HOUT + column) that MMA row q of a tile computes. grid.py orders them so
+// that the 8 rows of a fragment load from distinct shared-memory banks where it can (ORDERS, in
+// constant memory); past the band's positions, NONE (beyond every band's rows).
+template <class L>
+DEV int position_of(int q) { return ORDERS[L::INDEX - 1][q]; }
+
 // Implicit GEMM: rows are the band's output positions (MT m16 tiles; SUBS sub-positions for a
 // pooled layer), columns the tile's BN channels, K = 9 taps x CIN. Work items (m16 tile, K split)
 // go to warps, which leave their accumulators in RED for finish.
@@ -165,12 +171,20 @@ DEV void compute(unsigned char* smem, int y0) {
     int base[SUBS][2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int q = m * 16 + g + 8 * h, oy = q / L::HOUT, ox = q % L::HOUT;
-      const bool valid = oy < rows_here;
+      // a row past the band reads what the first valid row of its group of 8 reads: the same words,
+      // so no extra shared-memory pass (position 0 when the whole group is past the band)
+      int first = 0;
+      for (int k = 7; k >= 0; --k) {
+        const int j = position_of<L>(m * 16 + 8 * h + k);
+        if (j / L::HOUT < rows_here) first = j;
+      }
+      int idx = position_of<L>(m * 16 + g + 8 * h);
+      if (idx / L::HOUT >= rows_here) idx = first;
+      const int oy = idx / L::HOUT, ox = idx % L::HOUT;
 #pragma unroll
       for (int s = 0; s < SUBS; ++s) {
         const int cy = L::POOL ? 2 * oy + (s >> 1) : oy, cx = L::POOL ? 2 * ox + (s & 1) : ox;
-        base[s][h] = valid ? (cy * L::IN_WP + cx) * L::IN_S : 0;
+        base[s][h] = (cy * L::IN_WP + cx) * L::IN_S;
       }
     }
     float acc[SUBS][L::NB8][4] = {};
@@ -215,7 +229,8 @@ DEV void finish(unsigned char* smem, const unsigned char* weights, unsigned char
   const int rows_here = min(L::R, L::HOUT - y0);
   for (int u = threadIdx.x; u < UNITS; u += THREADS) {
     const int t = u & 3, p = (u >> 2) & 15, nb = (u >> 6) % L::NB8, m = u / (64 * L::NB8);
-    const int h = p >> 3, lane = (p & 7) * 4 + t, q = m * 16 + p, oy = q / L::HOUT, ox = q % L::HOUT, y = y0 + oy;
+    const int h = p >> 3, lane = (p & 7) * 4 + t, q = m * 16 + p, idx = position_of<L>(q);
+    const int oy = idx / L::HOUT, ox = idx % L::HOUT, y = y0 + oy;
     const int nl = nb * 8 + 2 * t, n = nblk * L::BN + nl;
     const bool valid = oy < rows_here && n < L::COUT;
     float v[2];

@@ -81,6 +81,7 @@ class GridLayer:
     out_s: int
     out_img: int
     a_rows: int
+    order: tuple = ()  # band position (row * h_out + column) of each MMA row, NONE past them (position_order)
     a_off: int = 0  # shared memory of this layer: weights at 0, then the band (A), the partial sums (RED),
     red_off: int = 0  # and for the last layer the values kept for the maxima (FEAT)
     feat_off: int = 0
@@ -121,6 +122,7 @@ class GridPlan:
     mbar_off: int
     shared_bytes: int
     band_bulk: bool = True  # input bands by the copy engine (else by the threads' loads)
+    reorder: bool = True  # MMA rows ordered for conflict-free shared-memory loads (position_order)
     k_unroll: int = 4  # unrolling of the MMA loop over K (4 against 2: outputs/megakernel_dev/grid)
 
     kind = "grid"
@@ -178,7 +180,7 @@ def _choose_tiles(h_out: int, cout: int, pool: bool, last: bool, batch: int, gri
 
 
 def plan(packed: PackedNet, grid: int = 132, timing: bool = False, band_bulk: bool = True,
-         fixed: dict[int, tuple[int, int]] | None = None) -> GridPlan:
+         fixed: dict[int, tuple[int, int]] | None = None, reorder: bool = True) -> GridPlan:
     """Tiles and memory layout of a packed FastNet over `grid` CTAs (one per SM). `fixed` may fix
     (rows per band, channels per tile) for some convolutions (by index, 1 = first); the others take
     the cheapest by the cost model. Raises ValueError with the reason for networks this kernel does
@@ -250,7 +252,8 @@ def plan(packed: PackedNet, grid: int = 132, timing: bool = False, band_bulk: bo
         red_off = a_off + round_up(l.a_bytes(), 128)
         feat_off = red_off + round_up(l.red_bytes(), 128)
         end = feat_off + (round_up((l.mt * 16 + 1) * l.bn * 4, 128) if l.last else 0)
-        placed.append(replace(l, a_off=a_off, red_off=red_off, feat_off=feat_off))
+        placed.append(replace(l, a_off=a_off, red_off=red_off, feat_off=feat_off,
+                              order=position_order(l) if reorder else tuple(range(l.r * l.h_out))))
         top = max(top, end, classes * 4)
     raw = placed
     img_off = round_up(top, 128)
@@ -261,7 +264,60 @@ def plan(packed: PackedNet, grid: int = 132, timing: bool = False, band_bulk: bo
         raise ValueError(f"the grid megakernel needs {shared / 1024:.0f} KB of shared memory per CTA, over "
                          f"{SHARED_LIMIT // 1024} KB")
     return GridPlan(grid, THREADS, batch, timing, c0, h0, classes, raw, 0, head_goff, wbytes, counters_goff,
-                    partials_goff, work, img_off, l0s_off, mbar_off, shared, band_bulk)
+                    partials_goff, work, img_off, l0s_off, mbar_off, shared, band_bulk=band_bulk, reorder=reorder)
+
+
+NONE = 0xFFFF  # an MMA row with no position (ORDERS)
+
+
+def bank_group(layer: GridLayer, position: int) -> int:
+    """Which 16-byte bank group (of 8) a band position's first channels fall in: the rows of one MMA
+    fragment load 16 bytes each, in one pass when their groups differ. Pooled layers read their
+    position's top-left conv position; the taps and the other sub-positions shift every row alike."""
+    oy, ox = divmod(position, layer.h_out)
+    cy, cx = (2 * oy, 2 * ox) if layer.pool else (oy, ox)
+    return ((cy * layer.in_wp + cx) * (layer.in_s // 8)) % 8
+
+
+def position_order(layer: GridLayer) -> tuple:
+    """The band position each of the tile's MT x 16 MMA rows computes: each group of 8 rows (one
+    fragment load) takes, in scan order, positions from distinct bank groups; what is left fills the
+    free rows. Positions past a shorter last band are simply not computed there."""
+    left = list(range(layer.r * layer.h_out))
+    groups = []
+    for _ in range(2 * layer.mt):
+        taken, used = [], set()
+        for position in left:
+            if len(taken) < 8 and bank_group(layer, position) not in used:
+                taken.append(position)
+                used.add(bank_group(layer, position))
+        left = [p for p in left if p not in taken]
+        groups.append(taken)
+    for group in groups:
+        while len(group) < 8 and left:
+            group.append(left.pop(0))
+    return tuple(p for group in groups for p in group + [NONE] * (8 - len(group)))
+
+
+def load_passes(layer: GridLayer, order: tuple) -> int:
+    """Shared-memory passes of one K step's A loads in `layer` for MMA rows in `order`, summed over
+    fragment loads and bands, as grid.cu's compute() makes them (rows past the band read the first
+    valid row of their group)."""
+    total = 0
+    for rows_here in {min(layer.r, layer.h_out - y0) for y0 in range(0, layer.h_out, layer.r)}:
+        for k in range(0, layer.mt * 16, 8):
+            group = [p for p in order[k:k + 8] if p != NONE and p // layer.h_out < rows_here] or [0]
+            for s in range(layer.subs):
+                sy, sx = s >> 1, s & 1
+                words = {}
+                for p in group:
+                    oy, ox = divmod(p, layer.h_out)
+                    cy, cx = (2 * oy + sy, 2 * ox + sx) if layer.pool else (oy, ox)
+                    start = (cy * layer.in_wp + cx) * layer.in_s // 2
+                    for t in range(4):
+                        words.setdefault((start + t) % 32, set()).add(start + t)
+                total += max(len(w) for w in words.values())
+    return total
 
 
 def tiles_of(p: GridPlan, layer: GridLayer) -> dict[int, list[tuple[int, int, int]]]:
@@ -321,6 +377,10 @@ def source(p: GridPlan) -> str:
          f"constexpr int L0_GOFF = {p.l0_goff}, HEAD_GOFF = {p.head_goff}, COUNTERS_GOFF = {p.counters_goff}, "
          f"PARTIALS_GOFF = {p.partials_goff};",
          f"constexpr int IMG_OFF = {p.img_off}, IMG_BYTES = {3 * 32 * 32 * 2}, L0S_OFF = {p.l0s_off}, MBAR_OFF = {p.mbar_off};"]
+    width = max(l.mt * 16 for l in p.layers)
+    rows = [list(l.order) + [NONE] * (width - len(l.order)) for l in p.layers]
+    g.append(f"__constant__ unsigned short ORDERS[{len(p.layers)}][{width}] = {{"
+             + ", ".join("{" + ", ".join(map(str, r)) + "}" for r in rows) + "};")
     for c in p.layers:
         names = {"h_out": "HOUT", "h_in": "HIN"}
         values = ", ".join(f"{names.get(f, f.upper())} = {int(getattr(c, f))}" for f in _FIELDS)
@@ -365,7 +425,8 @@ class GridKernel:
 
 
 def build_kernel(packed: PackedNet, timing: bool = False, outputs=None, grid: int | None = None,
-                 band_bulk: bool = True, fixed: dict[int, tuple[int, int]] | None = None) -> GridKernel:
+                 band_bulk: bool = True, fixed: dict[int, tuple[int, int]] | None = None,
+                 reorder: bool = True) -> GridKernel:
     """Plan, pack, compile (NVRTC) and load the grid megakernel for a packed FastNet on its CUDA device,
     one CTA per SM unless `grid` says otherwise."""
     from cuda.bindings import driver
@@ -377,7 +438,7 @@ def build_kernel(packed: PackedNet, timing: bool = False, outputs=None, grid: in
     if major < 9:
         raise MegakernelError(f"the megakernel needs compute capability 9.0+ (bulk copies), this GPU is {major}.{minor}")
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    p = plan(packed, grid or sms, timing, band_bulk, fixed)
+    p = plan(packed, grid or sms, timing, band_bulk, fixed, reorder)
     t0 = time.perf_counter()
     cubin, log = compile_cubin(source(p), f"sm_{major}{minor}")
     torch.cuda.current_stream(device)
