@@ -125,8 +125,6 @@ class GridPlan:
     reorder: bool = True  # MMA rows ordered for conflict-free shared-memory loads (position_order)
     k_unroll: int = 4  # unrolling of the MMA loop over K (4 against 2: outputs/megakernel_dev/grid)
 
-    kind = "grid"
-
     @property
     def nstamps(self) -> int:
         return 5 * len(self.layers) + 2
@@ -183,8 +181,9 @@ def plan(packed: PackedNet, grid: int = 132, timing: bool = False, band_bulk: bo
          fixed: dict[int, tuple[int, int]] | None = None, reorder: bool = True) -> GridPlan:
     """Tiles and memory layout of a packed FastNet over `grid` CTAs (one per SM). `fixed` may fix
     (rows per band, channels per tile) for some convolutions (by index, 1 = first); the others take
-    the cheapest by the cost model. Raises ValueError with the reason for networks this kernel does
-    not run."""
+    the cheapest by the cost model. `reorder` orders each tile's MMA rows for the shared-memory banks
+    (position_order; otherwise scan order). Raises ValueError with the reason for networks this kernel
+    does not run."""
     layers = packed.layers
     whiten, convs = layers[0], layers[1:]
     if whiten.ksize != 2 or whiten.c_in != 3 or whiten.h_in != 32:
