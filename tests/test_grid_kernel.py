@@ -1,6 +1,7 @@
 """The grid megakernel (F2-sized FastNets over every SM): its plan (tiles, buffers, shared memory), its
-packed weights and its source compiled for sm_90 on the CPU; on a CUDA machine (marker `gpu`), the
-kernel against the reference and the FP32 model, and thousands of graph replays."""
+packed weights, a numpy model of its addressing against the reference, and its source compiled for
+sm_90 on the CPU; on a CUDA machine (marker `gpu`), the kernel against the reference and the FP32
+model, and thousands of graph replays."""
 from __future__ import annotations
 
 import shutil
@@ -232,3 +233,79 @@ def test_bank_groups_follow_the_layout():
     assert layer.in_s // 8 == 65 and not layer.pool
     assert grid.bank_group(layer, 0) == 0 and grid.bank_group(layer, 1) == 1
     assert grid.bank_group(layer, layer.h_out) == layer.in_wp % 8  # next row: in_wp positions on
+
+
+# ---------------------------------------------------------------- the kernel's addressing, modelled on the CPU
+
+def _gelu(v):
+    return torch.nn.functional.gelu(torch.from_numpy(v)).numpy()
+
+
+def _model_of_the_kernel(packed, p, x):
+    """What grid.cu computes, tile by tile, from the packed weights and the plan's offsets, band rows,
+    row order and buffers: the same addresses, in numpy (FP32 sums in another order)."""
+    blob = grid.pack_weights(packed, p).numpy()
+    work = np.zeros(p.work_bytes, dtype=np.uint8)
+    image = x.half().numpy()[0]  # (3, 32, 32)
+    l0 = blob[p.l0_goff: p.l0_goff + p.c0 * 13 * 4].view(np.float32)
+    w0, b0 = l0[: p.c0 * 12].reshape(p.c0, 12), l0[p.c0 * 12:]
+
+    def layout(goff, wp, s):
+        n = p.batch * wp * wp * s
+        return work[goff: goff + 2 * n].view(np.float16).reshape(p.batch, wp, wp, s)
+
+    partials = np.zeros((p.batch, p.layers[-1].nblocks, p.classes), dtype=np.float32)
+    for l in p.layers:
+        wslices = blob[l.w_goff: l.w_goff + l.nblocks * l.w_bytes].reshape(l.nblocks, l.w_bytes)
+        for tile in range(l.tiles):
+            nblk, rest = tile % l.nblocks, tile // l.nblocks
+            b, y0 = rest // l.nbands, (rest % l.nbands) * l.r
+            ra = 2 * y0 if l.pool else y0
+            rows = min(l.a_rows, l.in_wp - ra)
+            if l.first:  # the whitening rows, from the (mirrored) image
+                band = np.zeros((rows, l.in_wp, l.in_s), dtype=np.float16)
+                img = image[:, :, ::-1] if b == 1 else image
+                for r in range(rows):
+                    for col in range(l.in_wp):
+                        y, xx = ra + r - 1, col - 1
+                        if 0 <= y < p.h0 and 0 <= xx < p.h0:
+                            px = img[:, y:y + 2, xx:xx + 2].astype(np.float32).reshape(12)  # k = c*4 + dy*2 + dx
+                            band[r, col, : p.c0] = _gelu(w0 @ px + b0).astype(np.float16)
+            else:
+                band = layout(l.in_goff, l.in_wp, l.in_s)[b, ra: ra + rows]
+            w = wslices[nblk, : l.bn * l.wrow * 2].view(np.float16).reshape(l.bn, l.wrow)[:, : 9 * l.cin]
+            bias = wslices[nblk, l.bn * l.wrow * 2: l.bn * l.wrow * 2 + l.bn * 4].view(np.float32)
+            rows_here = min(l.r, l.h_out - y0)
+            feat = []
+            for position in l.order:
+                if position == grid.NONE or position // l.h_out >= rows_here:
+                    continue
+                oy, ox = divmod(position, l.h_out)
+                sums = []
+                for s in range(l.subs):
+                    cy, cx = (2 * oy + (s >> 1), 2 * ox + (s & 1)) if l.pool else (oy, ox)
+                    patch = band[cy:cy + 3, cx:cx + 3, : l.cin].astype(np.float32).reshape(-1)  # k = tap * cin + c
+                    sums.append(w.astype(np.float32) @ patch)
+                v = _gelu(np.max(sums, axis=0) + bias)
+                n0, n1 = nblk * l.bn, min((nblk + 1) * l.bn, l.cout)
+                if l.skip:
+                    v[: n1 - n0] += layout(l.skip_goff, l.out_wp, l.out_s)[b, y0 + oy + 1, ox + 1, n0:n1].astype(np.float32)
+                if l.last:
+                    feat.append(v.astype(np.float16).astype(np.float32))
+                else:
+                    layout(l.out_goff, l.out_wp, l.out_s)[b, y0 + oy + 1, ox + 1, n0:n1] = v[: n1 - n0].astype(np.float16)
+            if l.last:
+                head = blob[p.head_goff: p.head_goff + l.cout * p.classes * 2].view(np.float16).reshape(l.cout, p.classes)
+                n0, n1 = nblk * l.bn, min((nblk + 1) * l.bn, l.cout)
+                partials[b, nblk] = np.max(feat, axis=0)[: n1 - n0] @ head[n0:n1].astype(np.float32)
+    return torch.from_numpy(partials.sum(axis=(0, 1)) / p.batch)[None]
+
+
+@pytest.mark.parametrize("widths,convs,mirror", [((32, 64, 128), 3, True), ((32, 64, 64), 2, False)])
+@pytest.mark.parametrize("reorder", [True, False])
+def test_the_kernel_s_addressing_computes_the_reference(widths, convs, mirror, reorder):
+    packed = pack(random_fastnet(widths, convs), mirror=mirror)
+    p = grid.plan(packed, 132, reorder=reorder)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    got, want = _model_of_the_kernel(packed, p, x), reference(packed, x)
+    assert _rel(got, want) <= KERNEL_TOLERANCE, _rel(got, want)
