@@ -21,7 +21,6 @@ Compiled with NVRTC and launched through the driver API on torch's current strea
 """
 from __future__ import annotations
 
-import ctypes
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .megakernel import (COMMON, SHARED_LIMIT, MegakernelError, compile_cubin, driver_check, output_buffers, round_up,
-                         padded_stride)
+from .megakernel import (COMMON, SHARED_LIMIT, MegakernelError, compile_cubin, driver_check, function_resources,
+                         hopper_arch, kernel_args, launch_config, launch_on_stream, load_function, output_buffers,
+                         padded_stride, round_up)
 from .pack import PackedNet
 
 SOURCE = Path(__file__).with_name("grid.cu")
@@ -414,12 +414,7 @@ class GridKernel:
     def launch(self, image: torch.Tensor) -> torch.Tensor:
         """One launch on torch's current stream; returns the logits buffer (overwritten by the next
         launch). Allocates nothing and never synchronises, so a CUDA graph can capture it."""
-        from cuda.bindings import driver
-
-        self._args[0].value = image.data_ptr()
-        self._config.hStream = driver.CUstream(torch.cuda.current_stream(self.weights.device).cuda_stream)
-        driver_check(driver.cuLaunchKernelEx(self._config, self.function, ctypes.addressof(self._args[-1]), 0),
-               "cuLaunchKernelEx")
+        launch_on_stream(self._config, self.function, self._args, image, self.weights.device)
         return self.logits
 
 
@@ -431,49 +426,31 @@ def build_kernel(packed: PackedNet, timing: bool = False, outputs=None, grid: in
     from cuda.bindings import driver
 
     device = packed.head.device
-    if device.type != "cuda":
-        raise MegakernelError("the megakernel runs on a CUDA device")
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 9:
-        raise MegakernelError(f"the megakernel needs compute capability 9.0+ (bulk copies), this GPU is {major}.{minor}")
+    arch = hopper_arch(device, "bulk copies")
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     p = plan(packed, grid or sms, timing, band_bulk, fixed, reorder)
     t0 = time.perf_counter()
-    cubin, log = compile_cubin(source(p), f"sm_{major}{minor}")
+    cubin, log = compile_cubin(source(p), arch)
     torch.cuda.current_stream(device)
-    module = driver_check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
-    function = driver_check(driver.cuModuleGetFunction(module, b"fastnet_grid"), "cuModuleGetFunction")
-    attr = driver.CUfunction_attribute
-    driver_check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, p.shared_bytes),
-           "setting the shared-memory size")
+    module, function = load_function(cubin, b"fastnet_grid", p.shared_bytes)
     per_sm = driver_check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, p.threads, p.shared_bytes),
-                    "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+                          "cuOccupancyMaxActiveBlocksPerMultiprocessor")
     if per_sm * sms < p.grid:
         raise MegakernelError(f"{p.grid} CTAs of {p.shared_bytes // 1024} KB shared memory cannot all be resident "
                               f"on {sms} SMs ({per_sm} per SM); the grid megakernel needs them at once")
-    config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = p.grid, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = p.threads, 1, 1
-    config.sharedMemBytes = p.shared_bytes
     coop = driver.CUlaunchAttribute()
     coop.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_COOPERATIVE
     coop.value.cooperative = 1
-    config.attrs = [coop]
-    config.numAttrs = 1
+    config = launch_config(p.grid, p.threads, p.shared_bytes, coop)
     compile_s = time.perf_counter() - t0
-    resources = {"registers": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, function), "regs"),
-                 "local_bytes": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function),
-                                       "local"),
-                 "shared_bytes": p.shared_bytes, "grid": p.grid, "threads": p.threads,
-                 "ptxas": " ".join(line for line in log.splitlines() if "ptxas" in line)[:400]}
+    resources = {**function_resources(function, log), "shared_bytes": p.shared_bytes, "grid": p.grid,
+                 "threads": p.threads}
     weights = pack_weights(packed, p)
     work = torch.zeros(p.work_bytes, dtype=torch.uint8, device=device)  # borders and counters start at zero
     logits, top = output_buffers(outputs, p.classes, device)
     stamps = torch.zeros(p.grid, p.nstamps, dtype=torch.int64, device=device) if timing else None
-    args = [ctypes.c_void_p(0), ctypes.c_void_p(weights.data_ptr()), ctypes.c_void_p(work.data_ptr()),
-            ctypes.c_void_p(logits.data_ptr()), ctypes.c_void_p(top.data_ptr()),
-            ctypes.c_void_p(stamps.data_ptr() if stamps is not None else 0)]
-    args.append((ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args]))
+    args = kernel_args(0, weights.data_ptr(), work.data_ptr(), logits.data_ptr(), top.data_ptr(),
+                       stamps.data_ptr() if stamps is not None else 0)
     return GridKernel(p, weights, work, logits, top, stamps, function, module, resources, compile_s, args, config)
 
 

@@ -523,14 +523,74 @@ class Megakernel:
     def launch(self, image: torch.Tensor) -> torch.Tensor:
         """One launch on torch's current stream; returns the logits buffer (overwritten by the next
         launch). Allocates nothing and never synchronises, so a CUDA graph can capture it."""
-        from cuda.bindings import driver
-
-        self._args[0].value = image.data_ptr()
         # the weights' device: the image may be pinned host memory, which the kernel reads across the bus
-        self._config.hStream = driver.CUstream(torch.cuda.current_stream(self.blob.device).cuda_stream)
-        driver_check(driver.cuLaunchKernelEx(self._config, self.function, ctypes.addressof(self._args[-1]), 0),
-               "cuLaunchKernelEx")
+        launch_on_stream(self._config, self.function, self._args, image, self.blob.device)
         return self.logits
+
+
+def launch_on_stream(config, function, args: list, image: torch.Tensor, device) -> None:
+    """One launch of a loaded kernel with `image` as its first argument, on torch's current stream of
+    `device` (cuLaunchKernelEx). Allocates nothing and never synchronises: a CUDA graph can capture it."""
+    from cuda.bindings import driver
+
+    args[0].value = image.data_ptr()
+    config.hStream = driver.CUstream(torch.cuda.current_stream(device).cuda_stream)
+    driver_check(driver.cuLaunchKernelEx(config, function, ctypes.addressof(args[-1]), 0), "cuLaunchKernelEx")
+
+
+def kernel_args(*pointers: int) -> list:
+    """A kernel's pointer arguments for cuLaunchKernelEx: one c_void_p each (the first, the image, is
+    set at every launch), then the array of their addresses that the driver reads."""
+    args = [ctypes.c_void_p(ptr) for ptr in pointers]
+    args.append((ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args]))
+    return args
+
+
+def hopper_arch(device, needs: str) -> str:
+    """The NVRTC architecture ("sm_90", ...) of a CUDA device of compute capability 9.0 or more;
+    MegakernelError saying what the kernel `needs` otherwise."""
+    if device.type != "cuda":
+        raise MegakernelError("the megakernel runs on a CUDA device")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 9:
+        raise MegakernelError(f"the megakernel needs {needs} (compute capability 9.0+), this GPU is {major}.{minor}")
+    return f"sm_{major}{minor}"
+
+
+def load_function(cubin: bytes, name: bytes, shared_bytes: int):
+    """(module, function) of a compiled kernel, loaded into torch's context, allowed `shared_bytes` of
+    dynamic shared memory."""
+    from cuda.bindings import driver
+
+    module = driver_check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+    function = driver_check(driver.cuModuleGetFunction(module, name), "cuModuleGetFunction")
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    driver_check(driver.cuFuncSetAttribute(function, attr, shared_bytes), "setting the shared-memory size")
+    return module, function
+
+
+def launch_config(blocks: int, threads: int, shared_bytes: int, attribute):
+    """A one-dimensional CUlaunchConfig with one launch attribute (cluster dimension, cooperative)."""
+    from cuda.bindings import driver
+
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = blocks, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
+    config.sharedMemBytes = shared_bytes
+    config.attrs = [attribute]
+    config.numAttrs = 1
+    return config
+
+
+def function_resources(function, log: str) -> dict:
+    """Registers and local memory (spills) per thread of a loaded kernel, and ptxas's report."""
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute
+    return {"registers": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, function), "regs"),
+            "local_bytes": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function),
+                                        "local"),
+            "ptxas": " ".join(line for line in log.splitlines() if "ptxas" in line)[:400]}
 
 
 def output_buffers(outputs, classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -558,49 +618,32 @@ def build_kernel(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: 
     from cuda.bindings import driver
 
     device = packed.head.device
-    if device.type != "cuda":
-        raise MegakernelError("the megakernel runs on a CUDA device")
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 9:
-        raise MegakernelError(f"the megakernel needs thread-block clusters (compute capability 9.0+), "
-                              f"this GPU is {major}.{minor}")
+    arch = hopper_arch(device, "thread-block clusters")
     plan = make_plan(packed, cluster, input_kind, timing, threads, band_groups)
     t0 = time.perf_counter()
-    cubin, log = compile_cubin(source(plan), f"sm_{major}{minor}")
+    cubin, log = compile_cubin(source(plan), arch)
     torch.cuda.current_stream(device)  # the primary context is current: the module loads into torch's
-    module = driver_check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
-    function = driver_check(driver.cuModuleGetFunction(module, b"fastnet_megakernel"), "cuModuleGetFunction")
-    attr = driver.CUfunction_attribute
-    driver_check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                     plan.shared_bytes), "setting the shared-memory size")
+    module, function = load_function(cubin, b"fastnet_megakernel", plan.shared_bytes)
     if cluster > 8:
-        driver_check(driver.cuFuncSetAttribute(function, attr.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
-               "allowing a non-portable cluster size")
-    config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = cluster, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = plan.threads, 1, 1
-    config.sharedMemBytes = plan.shared_bytes
+        driver_check(driver.cuFuncSetAttribute(
+            function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+            "allowing a non-portable cluster size")
     cluster_attr = driver.CUlaunchAttribute()
     cluster_attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
     cluster_attr.value.clusterDim.x, cluster_attr.value.clusterDim.y, cluster_attr.value.clusterDim.z = cluster, 1, 1
-    config.attrs = [cluster_attr]
-    config.numAttrs = 1
+    config = launch_config(cluster, plan.threads, plan.shared_bytes, cluster_attr)
     active = driver_check(driver.cuOccupancyMaxActiveClusters(function, config), "cuOccupancyMaxActiveClusters")
     if active < 1:
         raise MegakernelError(f"this GPU cannot place a cluster of {cluster} CTAs with "
                               f"{plan.shared_bytes // 1024} KB of shared memory each; try cluster=8")
     compile_s = time.perf_counter() - t0
-    resources = {"registers": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, function), "regs"),
-                 "local_bytes": driver_check(driver.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function),
-                                       "local"),
-                 "shared_bytes": plan.shared_bytes, "cluster": cluster, "threads": plan.threads,
-                 "max_active_clusters": active, "ptxas": " ".join(line for line in log.splitlines() if "ptxas" in line)[:400]}
+    resources = {**function_resources(function, log), "shared_bytes": plan.shared_bytes, "cluster": cluster,
+                 "threads": plan.threads, "max_active_clusters": active}
     blob = pack_blob(packed, plan, mean, std)
     logits, top = output_buffers(outputs, plan.classes, device)
     stamps = torch.zeros(cluster, plan.nstamps, dtype=torch.int64, device=device) if timing else None
-    args = [ctypes.c_void_p(0), ctypes.c_void_p(blob.data_ptr()), ctypes.c_void_p(logits.data_ptr()),
-            ctypes.c_void_p(top.data_ptr()), ctypes.c_void_p(stamps.data_ptr() if stamps is not None else 0)]
-    args.append((ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args]))
+    args = kernel_args(0, blob.data_ptr(), logits.data_ptr(), top.data_ptr(),
+                       stamps.data_ptr() if stamps is not None else 0)
     return Megakernel(plan, blob, logits, top, stamps, function, module, resources, compile_s, args, config)
 
 
