@@ -231,3 +231,24 @@ def signal_when_ready(proc, ready, signum, wait_s: float = 60, check=None) -> st
         if proc.poll() is None:
             proc.kill()
     return err
+
+
+# ---------------------------------------------------------------- the kernels' tests (test_kernels, test_grid_kernel)
+
+def model_logits(model, x, mirror):
+    """FP32 logits of the model (true FP32 on CUDA: TF32 convolutions off), mirror averaged."""
+    import torch
+
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = model(x)
+            return (out + model(x.flip(3))) / 2 if mirror else out
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def relative_error(got, want):
+    """max |got - want| over max |want|, as a float."""
+    return ((got - want).abs().max() / want.abs().max()).item()

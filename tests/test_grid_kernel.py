@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import model_logits, relative_error
 from fastcifar.core.kernels import KERNEL_TOLERANCE, TOLERANCE, grid, megakernel, pack, reference
 from fastcifar.core.kernels.samples import random_fastnet
 
@@ -146,21 +147,6 @@ def test_stamp_names_cover_every_layer():
 
 # ---------------------------------------------------------------- on the GPU
 
-def _model_logits(model, x, mirror):
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            out = model(x)
-            return (out + model(x.flip(3))) / 2 if mirror else out
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-
-
-def _rel(got, want):
-    return ((got - want).abs().max() / want.abs().max()).item()
-
-
 @pytest.mark.gpu
 @on_cuda
 @pytest.mark.parametrize("widths,convs,mirror", SHAPES)
@@ -170,13 +156,13 @@ def test_grid_kernel_matches_reference_and_fp32_model(widths, convs, mirror, bul
     packed = pack(model, mirror=mirror, device="cuda")
     kernel = grid.build_kernel(packed, band_bulk=bulk)
     xs = torch.randn(200, 3, 32, 32, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
-    want = _model_logits(model, xs, mirror)
+    want = model_logits(model, xs, mirror)
     agree = 0
     for i in range(len(xs)):
         got = kernel.launch(xs[i:i + 1].half().contiguous()).clone()
         if i < 30:
-            assert _rel(got, reference(packed, xs[i:i + 1])) <= KERNEL_TOLERANCE
-        assert _rel(got[0], want[i]) <= TOLERANCE
+            assert relative_error(got, reference(packed, xs[i:i + 1])) <= KERNEL_TOLERANCE
+        assert relative_error(got[0], want[i]) <= TOLERANCE
         agree += int(got[0].argmax() == want[i].argmax())
     torch.cuda.synchronize()
     assert int(kernel.top_class.item()) == int(got.argmax())
@@ -308,4 +294,4 @@ def test_the_kernel_s_addressing_computes_the_reference(widths, convs, mirror, r
     p = grid.plan(packed, 132, reorder=reorder)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     got, want = _model_of_the_kernel(packed, p, x), reference(packed, x)
-    assert _rel(got, want) <= KERNEL_TOLERANCE, _rel(got, want)
+    assert relative_error(got, want) <= KERNEL_TOLERANCE, relative_error(got, want)

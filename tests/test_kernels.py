@@ -13,28 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import model_logits, relative_error
 from fastcifar.core.kernels import KERNEL_TOLERANCE, TOLERANCE, build, megakernel, pack, reference
 from fastcifar.core.kernels.samples import random_fastnet
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 on_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 F1 = ((32, 64, 128), 2)  # the series' F1 shape
-
-
-def model_logits(model, x, mirror):
-    """FP32 logits of the model (true FP32 on CUDA: TF32 convolutions off), mirror averaged."""
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            out = model(x)
-            return (out + model(x.flip(3))) / 2 if mirror else out
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
-
-
-def relative_error(got, want):
-    return ((got - want).abs().max() / want.abs().max()).item()
 
 
 @pytest.mark.parametrize("convs", [2, 3])
@@ -416,3 +401,16 @@ def test_nvrtc_writes_into_new_buffers_never_into_pythons_shared_bytes():
     for size in (0, 1, 2, 100):
         first, second = _out_buffer(size), _out_buffer(size)
         assert len(first) >= size and first is not second and first is not b" " and first is not b"\0"
+
+
+def test_kernel_args_hold_each_pointer_then_their_addresses():
+    import ctypes
+
+    args = megakernel.kernel_args(0, 64, 128)
+    assert [a.value for a in args[:3]] == [None, 64, 128]  # c_void_p(0) reads back as None
+    assert list(args[3]) == [ctypes.addressof(a) for a in args[:3]]
+
+
+def test_the_megakernels_refuse_a_cpu_device_with_the_reason():
+    with pytest.raises(megakernel.MegakernelError, match="runs on a CUDA device"):
+        megakernel.hopper_arch(torch.device("cpu"), "thread-block clusters")
