@@ -464,28 +464,3 @@ def notes(kernel: GridKernel) -> list[str]:
             f"{r['shared_bytes'] / 1024:.1f} KB shared memory per CTA; weights {p.weight_bytes / 2**20:.1f} MB in L2",
             f"tiles: {tiling}"]
 
-
-def build(model, example: torch.Tensor, mirror: bool = False, timing: bool = False, reason: str = ""):
-    """Pack a FastNet (folded here if needed) and return (fn, notes) as megakernel.build does: fn maps
-    a (1, 3, 32, 32) FP16 contiguous CUDA image to (1, classes) FP32 logits in one launch, returning
-    its own buffer. `reason` (why not one cluster) joins the notes."""
-    from .pack import pack
-
-    if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
-        raise MegakernelError("the megakernel runs on CUDA: pass a CUDA example input")
-    packed = pack(model, mirror=mirror, device=example.device)
-    kernel = build_kernel(packed, timing=timing)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype is not torch.float16 or tuple(x.shape) != (1, 3, 32, 32) or not x.is_contiguous() or x.data_ptr() % 16:
-            raise ValueError("the megakernel takes a contiguous, 16-byte aligned torch.float16 (1, 3, 32, 32) tensor, "
-                             f"got {x.dtype} {tuple(x.shape)}: copy it with x.to(torch.float16).contiguous()")
-        return kernel.launch(x)
-
-    fn(example.to(torch.float16).contiguous())
-    torch.cuda.synchronize(example.device)
-    fn.kernel = kernel
-    fn.packed = packed
-    fn.kernels_per_call = 1
-    fn.compile_s = kernel.compile_s
-    return fn, notes(kernel) + ([f"not one cluster: {reason}"] if reason else [])

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .pack import PackedNet, pack
+from .pack import PackedNet
 
 SOURCE = Path(__file__).with_name("megakernel.cu")
 COMMON = Path(__file__).with_name("common.cu")  # helpers shared with grid.cu, placed first
@@ -672,17 +672,10 @@ def layer_times(kernel: Megakernel, image: torch.Tensor, calls: int = 200) -> li
     return rows
 
 
-def build(model, example: torch.Tensor, mirror: bool = False, cluster: int = DEFAULT_CLUSTER,
-          input_kind: str = "fp16", timing: bool = False, mean=None, std=None, threads: int = THREADS,
-          band_groups: int = BAND_GROUPS):
-    """Pack a FastNet (folded here if needed) and return (fn, notes): fn maps
-    a (1, 3, 32, 32) FP16 contiguous CUDA image (or a (32, 32, 3) uint8 one) to (1, classes) FP32
-    logits in one launch, returning its own buffer. Raises DoesNotFit for a network too wide for one
-    cluster (kernels.build then runs grid.py's kernel)."""
-    if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
-        raise MegakernelError("the megakernel runs on CUDA: pass a CUDA example input")
-    packed = pack(model, mirror=mirror, device=example.device)
-    kernel = build_kernel(packed, cluster, input_kind, timing, mean, std, threads, band_groups)
+def callable_kernel(kernel, packed: PackedNet, example: torch.Tensor, input_kind: str = "fp16"):
+    """fn: one (1, 3, 32, 32) FP16 contiguous CUDA image (or a (32, 32, 3) uint8 one) -> (1, classes)
+    FP32 logits in one launch of `kernel` (either megakernel), returning its own buffer; called once
+    on `example` here. It carries .kernel, .packed, .kernels_per_call and .compile_s."""
     expected = (torch.float16, (1, 3, 32, 32)) if input_kind == "fp16" else (torch.uint8, (32, 32, 3))
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -693,15 +686,20 @@ def build(model, example: torch.Tensor, mirror: bool = False, cluster: int = DEF
 
     fn(example.to(expected[0]).contiguous() if input_kind == "fp16" else example)
     torch.cuda.synchronize(example.device)
-    r = kernel.resources
-    notes = [f"megakernel: 1 kernel launch per call, a cluster of {cluster} CTAs x {kernel.plan.threads} threads",
-             f"NVRTC compile + load {kernel.compile_s:.2f} s",
-             f"{r['registers']} registers per thread, {r['local_bytes']} bytes local memory (spills), "
-             f"{r['shared_bytes'] / 1024:.1f} KB shared memory per CTA ({kernel.plan.blob_bytes / 1024:.1f} KB weights)"]
-    if mirror:
-        notes.append("mirror TTA inside the kernel (batch of 2, logits averaged)")
     fn.kernel = kernel
     fn.packed = packed
     fn.kernels_per_call = 1
     fn.compile_s = kernel.compile_s
-    return fn, notes
+    return fn
+
+
+def notes(kernel: Megakernel) -> list[str]:
+    """What a variant's notes say of the one-cluster kernel: its launch, compile time and resources."""
+    r, plan = kernel.resources, kernel.plan
+    lines = [f"megakernel: 1 kernel launch per call, a cluster of {plan.cluster} CTAs x {plan.threads} threads",
+             f"NVRTC compile + load {kernel.compile_s:.2f} s",
+             f"{r['registers']} registers per thread, {r['local_bytes']} bytes local memory (spills), "
+             f"{r['shared_bytes'] / 1024:.1f} KB shared memory per CTA ({plan.blob_bytes / 1024:.1f} KB weights)"]
+    if plan.batch == 2:
+        lines.append("mirror TTA inside the kernel (batch of 2, logits averaged)")
+    return lines
