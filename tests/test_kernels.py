@@ -123,6 +123,7 @@ def test_the_first_layer_splits_its_channels_only_as_far_as_shared_memory_allows
     mirrored = megakernel.make_plan(pack(random_fastnet(*F1), mirror=True), band_groups=4)  # twice the rows
     assert mirrored.convs[0].ng == 2 and mirrored.shared_bytes <= megakernel.SHARED_LIMIT
     assert megakernel.make_plan(pack(random_fastnet(*F1)), band_groups=1).convs[0].ng == 1
+    assert megakernel.make_plan(pack(random_fastnet(*F1))).convs[0].ng == megakernel.BAND_GROUPS
 
 
 def test_a_network_too_wide_for_one_cluster_is_refused_with_the_reason():

@@ -47,7 +47,9 @@ CLUSTER_SIZES = (8, 16)
 DEFAULT_CLUSTER = 16
 THREADS = 256  # per CTA; THREAD_CHOICES are what the kernel is written for
 THREAD_CHOICES = (256, 512)
-BAND_GROUPS = 2  # channel groups of the first convolution (see _tiling; 1, 2, 4 measured, 2 fastest)
+# Channel groups of the first convolution (see _tiling). 1 is fastest on F1's shape since the whitening
+# moved to the tensor cores: 14.7 against 15.6 us inside the kernel for 2 (outputs/megakernel_dev/whitening).
+BAND_GROUPS = 1
 SHARED_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_90 (H100, H200)
 INPUT_KINDS = ("fp16", "uint8")  # normalised FP16 NCHW, or raw HWC bytes (normalisation folded in)
 
@@ -168,7 +170,8 @@ def _tiling(h_out: int, cout: int, batch: int, cluster: int, cin: int, band_grou
     # Output channels split as finely as the n8 tiles allow: the least weight bytes per CTA to load
     # (the copy engine brings about 10 KB per microsecond to one SM, so bytes cost time). The first
     # layer, whose CTAs also compute the whitening rows they read, splits its channels in
-    # `band_groups` (more groups: fewer weight bytes before the first layer, more whitening rows each).
+    # `band_groups` (more groups: fewer weight bytes before the first layer, but each band of whitening
+    # rows computed by that many CTAs, and more bands per CTA).
     # Either way the mirror doubles the tiles per CTA, not the weights per CTA.
     ng = min(n8, cluster) if band_groups is None else min(n8, band_groups, cluster)
     nper = -(-n8 // ng)
@@ -196,14 +199,16 @@ class DoesNotFit(ValueError):
 def make_plan(packed: PackedNet, cluster: int = DEFAULT_CLUSTER, input_kind: str = "fp16",
               timing: bool = False, threads: int = THREADS, band_groups: int = BAND_GROUPS) -> Plan:
     """Tiling and shared-memory layout of a packed FastNet on one cluster. Where `band_groups` channel
-    groups for the first convolution do not fit (their whitening rows take shared memory), fewer are
-    tried. Raises ValueError (DoesNotFit with the sizes) for networks this backend cannot run."""
-    for groups in [g for g in dict.fromkeys((band_groups, 2)) if 1 < g <= band_groups]:
+    groups for the first convolution do not fit (one group holds all of its weights; more groups hold
+    more whitening rows), 2 and then 1 are tried. Raises ValueError (DoesNotFit with the sizes of the
+    last try) for networks this backend cannot run."""
+    tries = list(dict.fromkeys((band_groups, 2, 1)))
+    for groups in tries[:-1]:
         try:
             return _make_plan(packed, cluster, input_kind, timing, threads, groups)
         except DoesNotFit:
             continue
-    return _make_plan(packed, cluster, input_kind, timing, threads, 1)
+    return _make_plan(packed, cluster, input_kind, timing, threads, tries[-1])
 
 
 def _make_plan(packed: PackedNet, cluster: int, input_kind: str, timing: bool, threads: int,
