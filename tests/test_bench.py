@@ -248,6 +248,16 @@ def test_write_results_replace_none_appends(tmp_path):
     assert df["run"].astype(str).tolist() == ["1", "2", "3"]
 
 
+def test_write_results_replace_file_drops_rows_of_an_earlier_run(tmp_path):
+    path = tmp_path / "launch_floor.csv"
+    bench.write_results(path, [{"id": "F1", "device_name": "old GPU"}, {"id": "L1", "device_name": "old GPU"}])
+    bench.write_results(path, [{"id": "L1", "device_name": "new GPU"}, {"id": "L2", "device_name": "new GPU"}],
+                        replace="file")
+    df = bench.read_results(path)
+    assert df["id"].tolist() == ["L1", "L2"]
+    assert set(df["device_name"]) == {"new GPU"}
+
+
 def test_write_results_replace_by_other_key(tmp_path):
     path = tmp_path / "results.csv"
     bench.write_results(path, [{"id": "a", "run": 1}, {"id": "a", "run": 2}], replace=None)

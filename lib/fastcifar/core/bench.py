@@ -296,12 +296,13 @@ def check_row(row: dict) -> dict:
 def write_results(path: str | Path, rows: list[dict], replace: str = "id") -> Path:
     """Add rows to a results CSV, atomically. Rows whose `replace` key (default: id) matches an
     existing row replace it, so a rerun updates its rows instead of piling up duplicates; pass
-    replace=None to append."""
+    replace=None to append, or replace="file" when the file holds exactly one run's rows (rows from an
+    earlier run, another device or commit, must not survive beside them)."""
     import pandas as pd
 
     new = pd.DataFrame([check_row(r) for r in rows], columns=RESULT_COLUMNS)
     path = Path(path)
-    if path.is_file():
+    if path.is_file() and replace != "file":
         old = read_results(path)
         if replace is not None:
             key = (lambda col: col.astype(float)) if replace in NUMERIC_COLUMNS else (lambda col: col.astype(str))

@@ -106,9 +106,7 @@ def benchmark_validation(run: env.Run, splits: data.Splits, x_one: torch.Tensor,
     results = [bench.benchmark_latency(net, x, warmup, iters) for _ in range(runs)]
     stability = bench.stability_check(results, TOLERANCE)
     rows = _validation_rows("V", "FP32 eager", net, results, stability, splits, run, runs)
-    path = run.out_dir / VALIDATION_CSV
-    path.unlink(missing_ok=True)
-    bench.write_results(path, rows, replace=None)
+    bench.write_results(run.out_dir / VALIDATION_CSV, rows, replace="file")
     return Validation(results, stability, rows, run.device.type == "cuda", net, x)
 
 
@@ -154,7 +152,7 @@ def launch_floor(run: env.Run, warmup: int, iters: int):
     floor = bench.launch_floor(run.device, warmup, iters)
     rows = [{"id": f"L{k}", "variant": name, "model": "tiny kernel", "precision": "fp32", **r.row(), **run.row_meta()}
             for k, (name, r) in enumerate(floor.items(), 1)]
-    bench.write_results(run.out_dir / FLOOR_CSV, rows)
+    bench.write_results(run.out_dir / FLOOR_CSV, rows, replace="file")
     return pd.DataFrame(rows)[["id", "variant", "lat_mean_ms", "lat_p50_ms", "lat_p95_ms", "gpu_mean_ms"]]
 
 

@@ -393,14 +393,15 @@ def series_rows(dec: report.SeedDecisions, d1: Distilled, stock: Family, mega: M
 
 def write_rows(s: Session, dec: report.SeedDecisions, b1: Measured, teacher: Teacher, d1: Distilled,
                stock: Family, mega: Megakernel):
-    """results.csv gets the series' rows (series_rows), results_j4_variants.csv every variant measured here.
+    """results.csv gets the series' rows (series_rows), results_j4_variants.csv every variant measured here
+    and nothing else.
     Returns results.csv as the sprint plan's table."""
     import pandas as pd
 
     bench.write_results(s.run.results_csv, series_rows(dec, d1, stock, mega).to_dict("records"))
     every = pd.concat([b1.rows, teacher.rows, d1.rows, *stock.rows.values(), *mega.rows.values()])
     every = every.drop(columns=["model_key"], errors="ignore")
-    bench.write_results(s.output("results_j4_variants.csv"), every.to_dict("records"))
+    bench.write_results(s.output("results_j4_variants.csv"), every.to_dict("records"), replace="file")
     return report.seed_table(pd.read_csv(s.run.results_csv), {"speedup": "Speedup vs FP32 (same run)", "notes": "Notes"})
 
 

@@ -64,9 +64,8 @@ def final_measurement(s: Session, entries: list[dict], runs: int):
     results_j5_runs.csv (ids <id>#<run>). Returns (one row per entry and run, {id: host samples})."""
     runs_df, samples = optimize.remeasure(entries, s.val, s.test, runs, s.warmup, s.iters, s.meta,
                                           allow_compile=s.run.profile.compile)
-    path = s.output(RUNS_CSV)
-    path.unlink(missing_ok=True)
-    bench.write_results(path, runs_df.assign(id=runs_df.id + "#" + runs_df.run.astype(str)).to_dict("records"))
+    rows = runs_df.assign(id=runs_df.id + "#" + runs_df.run.astype(str)).to_dict("records")
+    bench.write_results(s.output(RUNS_CSV), rows, replace="file")
     return runs_df, samples
 
 
