@@ -213,6 +213,15 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def sigint_default():
+    """preexec_fn for a child that a test stops with SIGINT: a shell starts background jobs with SIGINT
+    ignored and the child would inherit that (Python then raises no KeyboardInterrupt), so the test would
+    depend on how the suite was launched. Ctrl-C at a terminal reaches the command with SIGINT default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_when_ready(proc, ready, signum, wait_s: float = 60, check=None) -> str:
     """Wait until `ready()` holds while `proc` still runs, call `check()` if given, send `signum` and
     return what the process wrote to stderr; a process that outlives this is killed."""

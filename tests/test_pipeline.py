@@ -51,7 +51,7 @@ from pathlib import Path
 
 import nbformat
 
-from conftest import signal_when_ready
+from conftest import sigint_default, signal_when_ready
 from fastcifar.core import atomic
 from fastcifar.series import notebook_params
 from fastcifar.series.notebook_params import ParameterError
@@ -186,7 +186,7 @@ def test_a_signal_removes_temporary_files_and_puts_results_back(tiny_project, si
     lib = str(Path(pipeline.__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.pipeline", "--profile", "smoke", "--only", "J1",
                              "-p", "sleep=60", "--no-progress"], env={**os.environ, "PYTHONPATH": lib},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
 
     def executed_copy_is_being_written():
         assert list((out / "notebooks").glob(".*.tmp.ipynb"))

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_cifar, signal_when_ready
+from conftest import make_cifar, sigint_default, signal_when_ready
 from fastcifar.core import engine, models
 from fastcifar.toolkit import config, evaluate, grid_search, lr_finder, rundir, train
 
@@ -58,7 +58,8 @@ def command(*argv: str, env_extra: dict | None = None, **popen) -> subprocess.Po
                                               (signal.SIGINT, 130, "interrupted")])
 def test_a_stopped_train_says_so_in_one_line_and_resumes_where_it_stopped(tmp_path, cifar100, signum, code, said):
     out = tmp_path / "out"
-    proc = command("fastcifar.train", *base_args(cifar100, out, "max_epochs=400", "checkpoint_every=1"))
+    proc = command("fastcifar.train", *base_args(cifar100, out, "max_epochs=400", "checkpoint_every=1"),
+                   preexec_fn=sigint_default)
     err = signal_when_ready(proc, lambda: run_folders(out, "train") and
                             (run_folders(out, "train")[0] / "model_last.pth").is_file(), signum, wait_s=120)
     assert proc.returncode == code, err
