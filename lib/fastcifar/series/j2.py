@@ -105,8 +105,8 @@ def keep_b1(s: Session, light, trained: dict, light_models: list[str], bar: floa
     print(f"B1 = {kept.model}: {why}")
     rows = light.copy()
     rows.loc[rows.model == kept.model, "id"] = "B1"
-    s.run.results_csv.unlink(missing_ok=True)  # J2 starts the series' table: no row of an earlier run survives
-    bench.write_results(s.run.results_csv, rows.to_dict("records"))
+    # J2 starts the series' table: no row of an earlier run survives
+    bench.write_results(s.run.results_csv, rows.to_dict("records"), replace="file")
     choice = records.LightChoice(model=kept.model, checkpoint=s.run.relative(trained[kept.model].best_path),
                                  reason=why)
     records.write(choice, s.output(records.LightChoice.FILE))

@@ -563,9 +563,8 @@ def e2e_verdict(rows, target_us: float | None = None) -> list[str]:
 
 def write_e2e(path, rows) -> Path:
     """e2e_rows' rows as a results CSV of their own (ids <id>#<run>), replacing the previous run's."""
-    path = Path(path)
-    path.unlink(missing_ok=True)
-    return bench.write_results(path, rows.assign(id=rows.id + "#" + rows.run.astype(int).astype(str)).to_dict("records"))
+    return bench.write_results(path, rows.assign(id=rows.id + "#" + rows.run.astype(int).astype(str)).to_dict("records"),
+                               replace="file")
 
 
 def with_e2e(table, rows, accuracy: float | None = None):
